@@ -1,0 +1,181 @@
+"""The ``ufm`` command line: thin parsing around the library (heavy imports happen inside the commands, so
+``ufm --help`` is fast).
+
+Exit status: 0 converged, 2 bad input (one line on stderr), 3 not converged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED = 0, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad input as one line (no usage dump) and exits 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _int_min(low):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; must be an integer ≥ {low}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"got {v}; must be an integer ≥ {low}")
+        return v
+    return parse
+
+
+def _float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; must be a finite number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"got {text!r}; must be a finite number")
+    return v
+
+
+def add_problem_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that define one UFM instance and its solve; shared by every command that solves."""
+    g = p.add_argument_group("problem (eq. 7)")
+    g.add_argument("-K", "--classes", dest="K", type=_int_min(2), default=10, help="number of classes K ≥ 2 (default 10)")
+    g.add_argument("-d", "--dim", dest="d", type=_int_min(1), default=64, help="feature dimension d ≥ 1 (default 64)")
+    g.add_argument("-n", "--per-class", dest="n", type=_int_min(1), default=100, help="samples per class n ≥ 1 (default 100)")
+    g.add_argument("--loss", default="ce", help="ce | fl | ls | mse | package.module:function (default ce)")
+    g.add_argument("--gamma", type=_float, help="FL focusing parameter γ ≥ 0 (default 2)")
+    g.add_argument("--alpha", type=_float, help="LS smoothing α in [0, 1) (default 0.1)")
+    g.add_argument("--kappa", type=_float, help="MSE true-class weight κ > 0 (default 1)")
+    g.add_argument("--beta", type=_float, help="MSE target scale β > 0 (default 1)")
+    g.add_argument("--lam", type=_float, default=5e-4, help="sets λ_W = λ_H = λ_b (default 5e-4)")
+    g.add_argument("--lam-w", dest="lam_W", type=_float, help="λ_W (overrides --lam)")
+    g.add_argument("--lam-h", dest="lam_H", type=_float, help="λ_H (overrides --lam)")
+    g.add_argument("--lam-b", dest="lam_b", type=_float, help="λ_b (overrides --lam); 0 means a free, unregularised bias")
+    g.add_argument("--no-bias", action="store_true", help="drop b from the model")
+    s = p.add_argument_group("solver")
+    s.add_argument("--solver", default="auto", help="auto (L-BFGS then Newton-CG) | lbfgs | newton | gd | momentum | adam")
+    s.add_argument("--gtol", type=_float, default=1e-9, help="stop when ‖∇f‖ ≤ gtol (default 1e-9)")
+    s.add_argument("--max-steps", type=_int_min(1), default=10000, help="bound on total solver updates (default 10000)")
+    s.add_argument("--lr", type=_float, help="step size of gd / momentum / adam")
+    s.add_argument("--seed", type=_int_min(0), default=0, help="initialisation seed (default 0)")
+    s.add_argument("--init-scale", type=_float, default=0.1, help="std of the N(0, s²) initial entries (default 0.1)")
+    s.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="float64 certifies (default)")
+
+
+def problem_from_args(args):
+    from .problem import Problem
+
+    if args.no_bias and args.lam_b is not None:
+        from .errors import UFMInputError
+        raise UFMInputError("--lam-b", args.lam_b, "cannot be combined with --no-bias")
+    return Problem.create(
+        args.K, args.d, args.n, lam=args.lam, lam_W=args.lam_W, lam_H=args.lam_H, lam_b=args.lam_b,
+        bias=not args.no_bias, loss=args.loss, gamma=args.gamma, alpha=args.alpha, kappa=args.kappa, beta=args.beta,
+    )
+
+
+def _fmt(v, spec=".6e"):
+    return "—" if v is None else format(v, spec)
+
+
+def render_solution(rec: dict) -> str:
+    """A readable summary of a solve record: what was solved, how it ended, and measured vs theory."""
+    c, th, nc = rec["config"], rec["theory"], rec["nc"]
+    loss = c["loss"] + ("" if not c["loss_params"] or c["loss"] not in ("fl", "ls", "mse")
+                        else "(" + ", ".join(f"{k}={v}" for k, v in c["loss_params"].items()) + ")")
+    lines = [
+        f"UFM eq. (7): K={c['K']} d={c['d']} n={c['n']} loss={loss} λ_W={c['lam_W']:g} λ_H={c['lam_H']:g} "
+        f"bias={c['bias']}" + (f" λ_b={c['lam_b']:g}" if c["bias"] == "regularized" else ""),
+        f"solver {c['solver']} ({c['dtype']}): {rec['status']} after {rec['steps']} steps in {rec['wall_time_s']:.2f} s "
+        f"— ‖∇f‖ = {rec['grad_norm']:.3e} (gtol {c['gtol']:g})",
+    ]
+    if rec["status"] != "converged":
+        lines.append(f"  {rec['message']}")
+    lines.append("")
+    lines.append(f"{'':14}{'solved':>22}{'theory':>22}")
+    rows = [("objective f", rec["objective"], th["objective"]), ("‖W‖²_F", rec["W_fro_sq"], th["W_fro_sq"]),
+            ("‖H‖²_F", rec["H_fro_sq"], th["H_fro_sq"])]
+    for name, a, b in rows:
+        lines.append(f"{name:14}{_fmt(a, '.12g'):>22}{_fmt(b, '.12g'):>22}")
+    if th["objective"] is not None:
+        lines.append(f"{'gap':14}{_fmt(th['gap'], '.3e'):>22}  (relative {_fmt(th['rel_gap'], '.3e')})")
+    lines.append(f"theory: {th['reason'] if th['applies'] or th['upper_bound_only'] else 'does not apply — ' + th['reason']}")
+    if th["applies"]:
+        lines.append(f"  geometry {th['geometry']}, logit margin {th['margin']:.6g}, c = √(nλ_Wλ_H) = {th['c']:.4g}")
+    lines.append("")
+    lines.append("neural collapse (0 = collapsed; — = undefined, e.g. W = 0):")
+    keys = ["NC1", "NC2_W", "NC2_H", "NC3", "NC4", "NC2_W_uncentred", "NC2_H_uncentred", "bias_residual"]
+    lines.append("  " + "  ".join(f"{k}={_fmt(nc[k], '.2e')}" for k in keys[:5]))
+    lines.append("  " + "  ".join(f"{k}={_fmt(nc[k], '.2e')}" for k in keys[5:]))
+    return "\n".join(lines)
+
+
+def cmd_solve(args) -> int:
+    from .report import save_npz, solution_record, to_json
+    from .solvers import solve
+
+    if args.save is not None:
+        folder = os.path.dirname(os.path.abspath(args.save))
+        if not os.path.isdir(folder):
+            from .errors import UFMInputError
+            raise UFMInputError("--save", args.save, f"its folder {folder} does not exist")
+    problem = problem_from_args(args)
+    sol = solve(problem, solver=args.solver, gtol=args.gtol, max_steps=args.max_steps, seed=args.seed,
+                init_scale=args.init_scale, dtype=args.dtype, lr=args.lr)
+    rec = solution_record(sol)
+    if args.save is not None:
+        save_npz(sol, args.save, rec)
+    print(to_json(rec) if args.json else render_solution(rec))
+    if args.save is not None and not args.json:
+        print(f"saved W, H, b, labels to {args.save}")
+    return EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="ufm", description="Unconstrained feature model of neural collapse (Zhou et al. 2022, eq. 7).")
+    parser.add_argument("--version", action="version", version=f"ufm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sp = sub.add_parser("solve", help="minimise (7) to ‖∇f‖ ≤ gtol and compare with theory",
+                        description="Minimise objective (7) and compare with the theory optimum.\n\n"
+                                    "example: ufm solve -K 4 -d 6 -n 5 --loss ls --alpha 0.1 --lam 5e-3 --json",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_problem_flags(sp)
+    sp.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    sp.add_argument("--save", metavar="PATH.npz", help="write W, H, b, labels and the record to an .npz")
+    sp.set_defaults(func=cmd_solve)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    import jax
+
+    jax.config.update("jax_enable_x64", True)   # before any computation: certification needs float64
+    from .errors import UFMInputError
+
+    try:
+        return args.func(args)
+    except UFMInputError as exc:
+        sys.stderr.write(f"ufm {args.command}: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write(f"ufm {args.command}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Neural-collapse metrics (theory.md §6), pure numpy functions of (W, H, b, labels).
+
+Conventions (each metric names its own exactly; design.md §6 lists how repositories disagree):
+- Σ_W = (1/N) Σ_{k,i} (h_{k,i} − μ_k)(h_{k,i} − μ_k)ᵀ, Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ (nc_loss).
+- J = (I_K − 11ᵀ/K)/√(K−1), the unit-Frobenius simplex-ETF Gram matrix.
+- A metric that divides by a zero norm (e.g. NC2 of W = 0 in the trivial-collapse regime) is NaN: undefined,
+  not "perfect".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def simplex_etf_gram(K: int) -> np.ndarray:
+    """J = (I_K − 11ᵀ/K)/√(K−1), ‖J‖_F = 1."""
+    return (np.eye(K) - np.ones((K, K)) / K) / np.sqrt(K - 1)
+
+
+def class_means(H, labels, K):
+    """μ_k as the columns of a d×K matrix, and μ_G."""
+    H = np.asarray(H, dtype=np.float64)
+    onehot = np.eye(K)[np.asarray(labels)]              # N×K
+    counts = onehot.sum(axis=0)
+    M = H @ onehot / counts
+    return M, H.mean(axis=1)
+
+
+def _gram_distance(G, K):
+    norm = np.linalg.norm(G)
+    if norm == 0:
+        return float("nan")
+    return float(np.linalg.norm(G / norm - simplex_etf_gram(K)))
+
+
+def nc1(H, labels, K) -> float:
+    """NC1 = tr(Σ_W Σ_B^†)/K (Papyan et al.; nc_loss). Σ_B^† is the Moore–Penrose pseudo-inverse."""
+    H = np.asarray(H, dtype=np.float64)
+    M, mu_G = class_means(H, labels, K)
+    centred = H - M[:, labels]
+    Sigma_W = centred @ centred.T / H.shape[1]
+    Mc = M - mu_G[:, None]
+    Sigma_B = Mc @ Mc.T / K
+    return float(np.trace(Sigma_W @ np.linalg.pinv(Sigma_B, hermitian=True)) / K)
+
+
+def nc2_classifier(W, centred: bool = True) -> float:
+    """NC2 of W: ‖W̃W̃ᵀ/‖W̃W̃ᵀ‖_F − J‖_F, with W̃ = W − 1 w̄ᵀ (centred, nc_loss) or W̃ = W (uncentred).
+
+    The uncentred form tells a simplex ETF (0) from an orthogonal frame (> 0); centring maps an orthogonal frame
+    to a simplex ETF, so the centred form scores both 0 (theory.md §8.6)."""
+    W = np.asarray(W, dtype=np.float64)
+    Wt = W - W.mean(axis=0) if centred else W
+    return _gram_distance(Wt @ Wt.T, W.shape[0])
+
+
+def nc2_means(H, labels, K, centred: bool = True) -> float:
+    """NC2 of the class means: ‖M̃ᵀM̃/‖M̃ᵀM̃‖_F − J‖_F with M̃ = [μ_k − μ_G] (centred) or [μ_k] (uncentred)."""
+    M, mu_G = class_means(H, labels, K)
+    Mt = M - mu_G[:, None] if centred else M
+    return _gram_distance(Mt.T @ Mt, K)
+
+
+def nc3(W, H, labels, K) -> float:
+    """NC3 (nc_loss ``compute_W_H_relation``): ‖W̃H̄/‖W̃H̄‖_F − J‖_F, W̃ = W − 1w̄ᵀ, H̄ = [μ_k − μ_G] (d×K)."""
+    W = np.asarray(W, dtype=np.float64)
+    M, mu_G = class_means(H, labels, K)
+    return _gram_distance((W - W.mean(axis=0)) @ (M - mu_G[:, None]), K)
+
+
+def nc4(W, H, b, labels, K) -> float:
+    """NC4 (Papyan et al.): the fraction of samples where argmax_k (W h + b)_k ≠ argmin_k ‖h − μ_k‖."""
+    W = np.asarray(W, dtype=np.float64)
+    H = np.asarray(H, dtype=np.float64)
+    z = W @ H + (0.0 if b is None else np.asarray(b)[:, None])
+    M, _ = class_means(H, labels, K)
+    dist = ((H[:, :, None] - M[:, None, :]) ** 2).sum(axis=0)       # N×K
+    return float(np.mean(np.argmax(z, axis=0) != np.argmin(dist, axis=1)))
+
+
+def bias_residual(W, H, b) -> float:
+    """‖W μ_G + b‖₂ (the curve nc_loss plots as "NC4"); b = 0 when the model has no bias."""
+    mu_G = np.asarray(H, dtype=np.float64).mean(axis=1)
+    r = np.asarray(W, dtype=np.float64) @ mu_G
+    return float(np.linalg.norm(r if b is None else r + np.asarray(b)))
+
+
+def equinorm(vectors) -> float:
+    """std/mean of the norms of the rows of ``vectors`` (Papyan et al. NC2 equinorm); 0 for equal norms."""
+    norms = np.linalg.norm(np.asarray(vectors, dtype=np.float64), axis=1)
+    return float(norms.std() / norms.mean()) if norms.mean() > 0 else float("nan")
+
+
+def _cosines(vectors):
+    V = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(V, axis=1)
+    if np.any(norms == 0):
+        return None
+    C = (V @ V.T) / np.outer(norms, norms)
+    return C[~np.eye(len(V), dtype=bool)]
+
+
+def equiangularity(vectors) -> float:
+    """std over pairs k ≠ k' of cos(v_k, v_k') (Papyan et al. NC2 equiangularity)."""
+    c = _cosines(vectors)
+    return float("nan") if c is None else float(c.std())
+
+
+def max_angle(vectors) -> float:
+    """mean over pairs k ≠ k' of |cos(v_k, v_k') + 1/(K−1)| (Papyan et al. NC2 maximal angle)."""
+    c = _cosines(vectors)
+    return float("nan") if c is None else float(np.mean(np.abs(c + 1.0 / (len(vectors) - 1))))
+
+
+def nc_metrics(W, H, b, labels, K) -> dict:
+    """Every metric above, keyed as in the JSON report."""
+    M, mu_G = class_means(H, labels, K)
+    means = (M - mu_G[:, None]).T
+    return {
+        "NC1": nc1(H, labels, K),
+        "NC2_W": nc2_classifier(W),
+        "NC2_H": nc2_means(H, labels, K),
+        "NC2_W_uncentred": nc2_classifier(W, centred=False),
+        "NC2_H_uncentred": nc2_means(H, labels, K, centred=False),
+        "NC3": nc3(W, H, labels, K),
+        "NC4": nc4(W, H, b, labels, K),
+        "bias_residual": bias_residual(W, H, b),
+        "W_equinorm": equinorm(W),
+        "W_equiangularity": equiangularity(W),
+        "W_max_angle": max_angle(W),
+        "H_equinorm": equinorm(means),
+        "H_equiangularity": equiangularity(means),
+        "H_max_angle": max_angle(means),
+    }

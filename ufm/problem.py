@@ -1,0 +1,177 @@
+"""The static description of one UFM instance, eq. (7).
+
+Convention (pinned here once; theory.py, the tests and every report follow it):
+
+    f(W, H, b) = (1/N) Σ_{k=1..K} Σ_{i=1..n} L(W h_{k,i} + b, y_k)
+                 + λ_W/2 ‖W‖_F² + λ_H/2 ‖H‖_F² + λ_b/2 ‖b‖²,          N = nK,
+
+the loss averaged over N, the penalties *not* divided by N. Shapes: W is K×d, H is d×N, b is K. Columns of H are
+class-major: column ``k*n + i`` is h_{k,i} and carries label k (theory.md §1.2 warns that the paper's printed H and
+Y orders disagree; the sum form is the definition).
+
+Bias modes: ``"regularized"`` (λ_b > 0), ``"free"`` (λ_b = 0, an unregularised bias) and ``"none"`` (no b).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .errors import UFMInputError
+from .losses import Loss, UserLoss, as_loss
+
+BIAS_MODES = ("regularized", "free", "none")
+
+
+class Reg(NamedTuple):
+    """The traced regularisation strengths (λ_W, λ_H, λ_b): a λ grid at one shape compiles once."""
+
+    lam_W: float
+    lam_H: float
+    lam_b: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """What a compiled objective depends on: sizes, bias presence and the loss (all hashable)."""
+
+    K: int
+    d: int
+    n: int
+    has_bias: bool
+    loss: Loss
+
+    @property
+    def N(self) -> int:
+        return self.K * self.n
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """Number of entries of W, H and b in the flat parameter vector."""
+        return self.K * self.d, self.d * self.N, self.K if self.has_bias else 0
+
+    @property
+    def num_params(self) -> int:
+        return sum(self.sizes)
+
+
+def _int_at_least(flag, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise UFMInputError(flag, value, f"must be an integer ≥ {low}")
+    if value < low:
+        raise UFMInputError(flag, value, f"must be an integer ≥ {low}")
+    return int(value)
+
+
+def _nonneg(flag, value):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UFMInputError(flag, value, "must be a finite number ≥ 0") from None
+    if not math.isfinite(v) or v < 0:
+        raise UFMInputError(flag, value, "must be a finite number ≥ 0")
+    return v
+
+
+def _check_user_loss(loss: UserLoss, K: int, N: int):
+    """Trace the user's loss once on abstract (N, K) logits: it must return N per-sample losses."""
+    import jax
+    import jax.numpy as jnp
+
+    try:
+        out = jax.eval_shape(loss.fn, jax.ShapeDtypeStruct((N, K), jnp.float32), jax.ShapeDtypeStruct((N,), jnp.int32))
+    except Exception as exc:  # the user's code failed to trace; report it in one line
+        raise UFMInputError("--loss", loss.label, f"it must be JAX-traceable on logits (N, K) and labels (N,) "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    shape = getattr(out, "shape", None)
+    if shape != (N,):
+        raise UFMInputError("--loss", loss.label, f"it must return per-sample losses of shape (N,) = ({N},), got {shape}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One UFM instance of eq. (7): K classes, feature dimension d, n samples per class, λ's, bias mode, loss.
+
+    ``lam`` sets λ_W = λ_H = λ_b at once; ``lam_W``, ``lam_H``, ``lam_b`` override it. ``lam_b = 0`` means a free
+    (unregularised) bias, ``bias=False`` removes b altogether. ``loss`` is anything :func:`ufm.as_loss` accepts.
+    """
+
+    K: int = 10
+    d: int = 64
+    n: int = 100
+    lam_W: float = 5e-4
+    lam_H: float = 5e-4
+    lam_b: float = 5e-4
+    bias: bool = True
+    loss: Loss = dataclasses.field(default_factory=lambda: as_loss("ce"))
+
+    def __post_init__(self):
+        object.__setattr__(self, "K", _int_at_least("-K", self.K, 2))
+        object.__setattr__(self, "d", _int_at_least("-d", self.d, 1))
+        object.__setattr__(self, "n", _int_at_least("-n", self.n, 1))
+        for name, flag in (("lam_W", "--lam-w"), ("lam_H", "--lam-h"), ("lam_b", "--lam-b")):
+            object.__setattr__(self, name, _nonneg(flag, getattr(self, name)))
+        object.__setattr__(self, "bias", bool(self.bias))
+        object.__setattr__(self, "loss", as_loss(self.loss))
+        if isinstance(self.loss, UserLoss):
+            _check_user_loss(self.loss, self.K, self.N)
+
+    @classmethod
+    def create(cls, K=10, d=64, n=100, *, lam=5e-4, lam_W=None, lam_H=None, lam_b=None, bias=True,
+               loss="ce", gamma=None, alpha=None, kappa=None, beta=None) -> "Problem":
+        """Build a problem from flat keyword arguments (the command line's vocabulary)."""
+        lam = _nonneg("--lam", lam)
+        return cls(
+            K=K, d=d, n=n,
+            lam_W=lam if lam_W is None else lam_W,
+            lam_H=lam if lam_H is None else lam_H,
+            lam_b=lam if lam_b is None else lam_b,
+            bias=bias,
+            loss=as_loss(loss, gamma=gamma, alpha=alpha, kappa=kappa, beta=beta),
+        )
+
+    @property
+    def N(self) -> int:
+        return self.K * self.n
+
+    @property
+    def bias_mode(self) -> str:
+        if not self.bias:
+            return "none"
+        return "free" if self.lam_b == 0.0 else "regularized"
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.K, self.d, self.n, self.bias, self.loss)
+
+    @property
+    def reg(self) -> Reg:
+        return Reg(self.lam_W, self.lam_H, self.lam_b if self.bias else 0.0)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Label of each column of H (class-major)."""
+        return np.repeat(np.arange(self.K), self.n)
+
+    @property
+    def num_params(self) -> int:
+        return self.shape.num_params
+
+    def replace(self, **changes) -> "Problem":
+        return dataclasses.replace(self, **changes)
+
+    def config(self) -> dict:
+        """Every input, resolved, as plain JSON-able values."""
+        return {
+            "K": self.K, "d": self.d, "n": self.n, "N": self.N,
+            "lam_W": self.lam_W, "lam_H": self.lam_H, "lam_b": self.lam_b if self.bias else None,
+            "bias": self.bias_mode,
+            "loss": self.loss.name if self.loss.name != "user" else self.loss.describe(),
+            "loss_params": self.loss.params(),
+        }

@@ -1,0 +1,81 @@
+"""One solve → one result record: the numbers, the NC metrics, the theory prediction and the gap, as JSON-able
+values (NaN becomes null), and the arrays as ``.npz``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from .metrics import nc_metrics
+from .solvers import Solution
+from .theory import theory_optimum
+
+
+def _clean(x):
+    """JSON-safe copy: NaN/inf → None, numpy scalars/arrays → Python."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def solution_record(sol: Solution) -> dict:
+    """The result record of ``ufm solve --json``: status, f, ‖∇f‖, steps, norms, b, NC metrics, theory, config."""
+    p = sol.problem
+    W, H, b = sol.params
+    th = theory_optimum(p)
+    theory = th.as_dict()
+    if th.objective is not None:
+        gap = sol.objective - th.objective
+        theory["gap"] = gap
+        theory["rel_gap"] = gap / max(abs(th.objective), np.finfo(float).tiny)
+    else:
+        theory["gap"] = theory["rel_gap"] = None
+    record = {
+        "status": sol.status.name.lower(),
+        "message": sol.message,
+        "converged": sol.converged,
+        "objective": sol.objective,
+        "grad_norm": sol.grad_norm,
+        "gtol": sol.gtol,
+        "steps": sol.steps,
+        "stage_steps": list(sol.stage_steps),
+        "wall_time_s": sol.wall_time,
+        "W_fro_sq": float(np.sum(W**2)),
+        "H_fro_sq": float(np.sum(H**2)),
+        "b": None if b is None else list(map(float, b)),
+        "nc": nc_metrics(W, H, b, p.labels, p.K),
+        "theory": theory,
+        "config": {**p.config(), "solver": sol.solver, "gtol": sol.gtol, "seed": sol.seed,
+                   "init_scale": sol.init_scale, "dtype": sol.dtype},
+    }
+    return _clean(record)
+
+
+def to_json(record: dict) -> str:
+    return json.dumps(_clean(record), indent=2, sort_keys=True, allow_nan=False)
+
+
+def save_npz(sol: Solution, path, record: dict | None = None) -> None:
+    """``W`` (K×d), ``H`` (d×N), ``b`` (K; absent without a bias), ``labels`` (N), and the record as JSON text."""
+    W, H, b = sol.params
+    arrays = dict(W=np.asarray(W), H=np.asarray(H), labels=sol.problem.labels,
+                  trace_objective=sol.trace_objective, trace_grad_norm=sol.trace_grad_norm,
+                  record=np.asarray(to_json(record if record is not None else solution_record(sol))))
+    if b is not None:
+        arrays["b"] = np.asarray(b)
+    path = os.fspath(path)
+    tmp = f"{path}.partial.npz"           # write then rename: an interrupted save never leaves a truncated file
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)

@@ -1,0 +1,211 @@
+"""Closed-form and scalar-problem optima of objective (7) (theory.md §2–§5).
+
+Softmax losses (CE, LS, FL) with d ≥ K−1 (Thm 3.1): the optimum is neural collapse with scale fixed by the scalar
+problem (theory.md §3.2)
+
+    t* = argmin_{t ≤ 0} φ(t) + c|t|,   c = √(n λ_W λ_H),   f* = φ(t*) + c|t*|,
+
+where φ is the contrastive function of Definition 1 (eq. 9). Closed forms exist for CE and LS (§3.3). Rescaled
+MSE (6) has closed forms with a free bias (simplex ETF, d ≥ K−1) and without a bias (orthogonal frame, d ≥ K)
+(§5). A regularised bias with MSE, and user losses, have none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from .losses import CrossEntropy, FocalLoss, LabelSmoothing, RescaledMSE
+from .objective import Params
+from .problem import Problem
+
+
+def _u(t, K):
+    """u(t) = log(1 + (K−1) e^{t/(K−1)}): −log p_k at equal off-target logits (theory.md §2.3)."""
+    return np.logaddexp(0.0, np.log(K - 1) + np.asarray(t, dtype=np.float64) / (K - 1))
+
+
+def phi(t, loss, K: int):
+    """φ of Definition 1 (eq. 9) at t = Σ_{j≠k}(z_j − z_k), for CE, LS and FL (theory.md §2.3 table)."""
+    u = _u(t, K)
+    if isinstance(loss, CrossEntropy):
+        return u
+    if isinstance(loss, LabelSmoothing):
+        return u - loss.alpha * np.asarray(t) / K
+    if isinstance(loss, FocalLoss):
+        return (-np.expm1(-u)) ** loss.gamma * u
+    raise TypeError(f"φ is defined for CE, LS and FL, not {loss.describe()}")
+
+
+def phi_prime0(loss, K: int) -> float:
+    """φ′(0⁻), the origin threshold: the origin is a strict saddle iff √(nλ_Wλ_H) < φ′(0) (theory.md §4.2)."""
+    if isinstance(loss, CrossEntropy):
+        return 1.0 / K
+    if isinstance(loss, LabelSmoothing):
+        return (1.0 - loss.alpha) / K
+    if isinstance(loss, FocalLoss):
+        g = loss.gamma
+        return ((K - 1) / K) ** (g - 1) * (g * np.log(K) + K - 1) / K**2
+    raise TypeError(f"φ′(0) is defined for CE, LS and FL, not {loss.describe()}")
+
+
+def scalar_optimum(loss, K: int, c: float) -> tuple[float, float]:
+    """(t*, f*) of min_{t≤0} φ(t) + c|t| by a dense grid then bounded Brent refinement.
+
+    The grid comes first because φ_FL may be non-convex (theory.md §2.4); its span covers margins up to
+    max(60, 2 log(1/c) + 20), beyond any optimum (the CE margin is log((1 − (K−1)c)/c))."""
+    span = max(60.0, 2.0 * np.log(1.0 / c) + 20.0) if c > 0 else 800.0
+    ts = -np.linspace(0.0, span * (K - 1), 200001)
+    g = lambda t: phi(t, loss, K) - c * t
+    vals = g(ts)
+    i = int(np.argmin(vals))
+    if i == 0:
+        return 0.0, float(vals[0])
+    res = minimize_scalar(g, bounds=(ts[min(i + 1, ts.size - 1)], ts[i - 1]), method="bounded",
+                          options=dict(xatol=1e-13))
+    t = float(res.x)
+    return (t, float(g(t))) if g(t) <= vals[i] else (float(ts[i]), float(vals[i]))
+
+
+def ce_ls_closed_form(K: int, c: float, alpha: float = 0.0) -> tuple[float, float]:
+    """(m*, f*) for CE (α = 0) and LS (theory.md §3.3): with c′ = c + α/K, t* = 0 and f* = log K if c′ ≥ 1/K,
+    else m* = log((1 − (K−1)c′)/c′), f* = −log(1 − (K−1)c′) + (K−1)c′m*."""
+    cp = c + alpha / K
+    if cp >= 1.0 / K:
+        return 0.0, float(np.log(K))
+    m = float(np.log((1.0 - (K - 1) * cp) / cp))
+    return m, float(-np.log1p(-(K - 1) * cp) + (K - 1) * cp * m)
+
+
+@dataclasses.dataclass(frozen=True)
+class TheoryOptimum:
+    """What theory predicts for a problem. ``applies`` is False when no closed form or theorem covers it; then
+    ``reason`` says why and every number is None, except for FL with a non-convex φ, where the numbers describe
+    the NC configuration and ``upper_bound_only`` is True."""
+
+    applies: bool
+    reason: str
+    objective: Optional[float] = None
+    W_fro_sq: Optional[float] = None
+    H_fro_sq: Optional[float] = None
+    margin: Optional[float] = None        # z_k − z_j (j ≠ k) for the ETF; a = z_k for the orthogonal frame
+    t: Optional[float] = None             # t* of the scalar problem (softmax losses)
+    b: Optional[list] = None              # b*, or None when there is no bias or it is free (see b_free)
+    b_free: bool = False                  # softmax loss with λ_b = 0: b* = s·1 for any s
+    geometry: Optional[str] = None        # "simplex_etf", "orthogonal_frame" or "trivial" (W* = H* = 0)
+    c: Optional[float] = None             # √(n λ_W λ_H)
+    origin_threshold: Optional[float] = None  # φ′(0) (softmax); the origin is a strict saddle iff c < it
+    upper_bound_only: bool = False        # FL with non-convex φ: the NC value is attained, optimality unproven
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def phi_is_convex(loss, K: int, c: float) -> bool:
+    """Whether φ is convex on the scalar problem's range t ∈ [−span(K−1), 0] (second differences on a grid).
+
+    Jensen's step of the Thm 3.1 lower bound needs it; φ_FL fails it near t = 0 for large K (theory.md §2.4)."""
+    span = max(60.0, 2.0 * np.log(1.0 / c) + 20.0) if c > 0 else 800.0
+    ts = -np.linspace(0.0, span * (K - 1), 200001)
+    v = phi(ts, loss, K)
+    return bool(np.all(np.diff(v, 2) >= -1e-10 * (1.0 + np.abs(v[1:-1]))))
+
+
+def _no_theory(reason):
+    return TheoryOptimum(applies=False, reason=reason)
+
+
+def theory_optimum(problem: Problem) -> TheoryOptimum:
+    """The global optimum of (7) predicted by theory.md §3 (CE/LS/FL) and §5 (MSE), or why none applies."""
+    K, d, n = problem.K, problem.d, problem.n
+    lam_W, lam_H = problem.lam_W, problem.lam_H
+    loss = problem.loss
+    if lam_W <= 0 or lam_H <= 0:
+        return _no_theory("theory needs λ_W > 0 and λ_H > 0 (without weight decay the norms blow up)")
+    c = float(np.sqrt(n * lam_W * lam_H))
+    sc = float(np.sqrt(n * lam_H / lam_W))   # ‖W*‖_F² = sc·|t*| (theory.md §3.2)
+
+    if isinstance(loss, (CrossEntropy, LabelSmoothing, FocalLoss)):
+        if d < K - 1:
+            return _no_theory(f"d = {d} < K − 1 = {K - 1}: the simplex ETF does not fit, Thm 3.1 needs d ≥ K − 1")
+        if isinstance(loss, FocalLoss):
+            t, f = scalar_optimum(loss, K, c)
+            m = -t / (K - 1)
+        else:
+            alpha = loss.alpha if isinstance(loss, LabelSmoothing) else 0.0
+            m, f = ce_ls_closed_form(K, c, alpha)
+            t = -(K - 1) * m
+        W2 = sc * (K - 1) * m
+        mode = problem.bias_mode
+        convex = not isinstance(loss, FocalLoss) or phi_is_convex(loss, K, c)
+        reason = (f"Thm 3.1 (d ≥ K − 1, {loss.name.upper()} satisfies Definition 1)" if convex else
+                  f"φ_FL is not convex on t ≤ 0 for K = {K}, γ = {loss.gamma}: Jensen's step of Thm 3.1 fails, so the "
+                  "NC value below is attained but only an upper bound on the global optimum")
+        return TheoryOptimum(
+            applies=convex, reason=reason, upper_bound_only=not convex,
+            objective=f, W_fro_sq=W2, H_fro_sq=lam_W / lam_H * W2, margin=m, t=t,
+            b=[0.0] * K if mode == "regularized" else None, b_free=mode == "free",
+            geometry="trivial" if m == 0 else "simplex_etf", c=c, origin_threshold=float(phi_prime0(loss, K)),
+        )
+
+    if isinstance(loss, RescaledMSE):
+        kappa, beta = loss.kappa, loss.beta
+        mode = problem.bias_mode
+        if mode == "regularized":
+            return _no_theory("MSE with a regularised bias (λ_b > 0) has no closed form; use --lam-b 0 or --no-bias")
+        if mode == "free":
+            if d < K - 1:
+                return _no_theory(f"d = {d} < K − 1 = {K - 1}: the simplex ETF needs d ≥ K − 1")
+            m = max(beta - (kappa + K - 1) * c / (2 * kappa), 0.0)
+            f = kappa * (K - 1) / (kappa + K - 1) * (beta - m) ** 2 + (K - 1) * c * m
+            b0 = (kappa * (beta - m * (K - 1) / K) + (K - 1) * m / K) / (kappa + K - 1)
+            W2 = sc * m * (K - 1)
+            return TheoryOptimum(
+                applies=True, reason="MSE with a free bias: simplex ETF (theory.md §5)", objective=f, W_fro_sq=W2,
+                H_fro_sq=lam_W / lam_H * W2, margin=m, b=[b0] * K,
+                geometry="trivial" if m == 0 else "simplex_etf", c=c)
+        if d < K:
+            return _no_theory(f"d = {d} < K = {K}: the bias-free MSE optimum is an orthogonal frame, needs d ≥ K")
+        a = max(beta - K * c / (2 * kappa), 0.0)
+        W2 = sc * a * K
+        return TheoryOptimum(
+            applies=True, reason="MSE without a bias: orthogonal frame (theory.md §5)",
+            objective=kappa * (a - beta) ** 2 + K * c * a, W_fro_sq=W2, H_fro_sq=lam_W / lam_H * W2, margin=a,
+            geometry="trivial" if a == 0 else "orthogonal_frame", c=c)
+
+    return _no_theory(f"no closed form for the user loss {loss.describe()}")
+
+
+def _simplex_frame(K: int, d: int) -> np.ndarray:
+    """K×d matrix P with P Pᵀ = I_K − 11ᵀ/K (rows: a simplex ETF embedded in the first K−1 coordinates)."""
+    C = np.eye(K) - np.ones((K, K)) / K
+    Q, _ = np.linalg.qr(C)            # the first K−1 columns of C are independent, so Q's first K−1 span 1^⊥
+    P = np.zeros((K, d))
+    P[:, : K - 1] = Q[:, : K - 1]
+    return P
+
+
+def theory_point(problem: Problem, rotation: Optional[np.ndarray] = None) -> Params:
+    """An explicit global minimiser (W*, H*, b*) built from :func:`theory_optimum` (h_{k,i} = √(λ_W/(λ_H n)) w_k,
+    theory.md §3.1). ``rotation`` (d×d orthogonal) maps it to W*Q, QᵀH* on the same orbit."""
+    th = theory_optimum(problem)
+    if not th.applies:
+        raise ValueError(f"no theory optimum for this problem: {th.reason}")
+    K, d, n = problem.K, problem.d, problem.n
+    if th.geometry == "orthogonal_frame":
+        P = np.zeros((K, d))
+        P[:, :K] = np.eye(K)
+        W = np.sqrt(th.W_fro_sq / K) * P
+    else:
+        P = _simplex_frame(K, d)              # ‖P‖_F² = K − 1
+        W = np.sqrt(th.W_fro_sq / (K - 1)) * P
+    if rotation is not None:
+        W = W @ rotation
+    H = np.sqrt(problem.lam_W / (problem.lam_H * n)) * W[problem.labels].T
+    b = None
+    if problem.bias:
+        b = np.asarray(th.b, dtype=np.float64) if th.b is not None else np.zeros(K)
+    return Params(W, H, b)
