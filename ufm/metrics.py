@@ -112,6 +112,10 @@ def max_angle(vectors) -> float:
     return float("nan") if c is None else float(np.mean(np.abs(c + 1.0 / (len(vectors) - 1))))
 
 
+NC_KEYS = ("NC1", "NC2_W", "NC2_H", "NC2_W_uncentred", "NC2_H_uncentred", "NC3", "NC4", "bias_residual",
+           "W_equinorm", "W_equiangularity", "W_max_angle", "H_equinorm", "H_equiangularity", "H_max_angle")
+
+
 def nc_metrics(W, H, b, labels, K) -> dict:
     """Every metric above, keyed as in the JSON report."""
     M, mu_G = class_means(H, labels, K)

@@ -32,7 +32,7 @@ def labels_of(shape: Shape):
 def logits(params: Params):
     """Z = W H + b 1ᵀ, returned as (N, K) rows z_{k,i} = W h_{k,i} + b."""
     Z = (params.W @ params.H).T
-    return Z if params.b is None else Z + params.b
+    return Z if params.b is None else Z + params.b[None, :]
 
 
 def data_term(params: Params, shape: Shape):

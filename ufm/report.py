@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from .metrics import nc_metrics
+from .metrics import NC_KEYS, nc_metrics
 from .solvers import Solution
 from .theory import theory_optimum
 
@@ -28,6 +28,22 @@ def _clean(x):
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+def _fro_sq(A) -> float:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.sum(np.square(A)))
+
+
+def _nc_or_nan(W, H, b, p) -> dict:
+    """NC metrics, or all NaN (null in JSON) where a diverged solve left parameters they cannot be computed on."""
+    with np.errstate(all="ignore"):
+        try:
+            if all(np.all(np.isfinite(a)) for a in (W, H) + (() if b is None else (b,))):
+                return nc_metrics(W, H, b, p.labels, p.K)
+        except np.linalg.LinAlgError:
+            pass
+    return dict.fromkeys(NC_KEYS, float("nan"))
 
 
 def solution_record(sol: Solution) -> dict:
@@ -52,10 +68,10 @@ def solution_record(sol: Solution) -> dict:
         "steps": sol.steps,
         "stage_steps": list(sol.stage_steps),
         "wall_time_s": sol.wall_time,
-        "W_fro_sq": float(np.sum(W**2)),
-        "H_fro_sq": float(np.sum(H**2)),
+        "W_fro_sq": _fro_sq(W),
+        "H_fro_sq": _fro_sq(H),
         "b": None if b is None else list(map(float, b)),
-        "nc": nc_metrics(W, H, b, p.labels, p.K),
+        "nc": _nc_or_nan(W, H, b, p),
         "theory": theory,
         "config": {**p.config(), "solver": sol.solver, "gtol": sol.gtol, "seed": sol.seed,
                    "init_scale": sol.init_scale, "dtype": sol.dtype},

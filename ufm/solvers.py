@@ -343,8 +343,9 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, max_ste
             r = _run_jit(stage, x, reg, shape, jnp.asarray(tol, dtype), jnp.asarray(steps_left, jnp.int32), max_steps)
             steps = int(r.steps)
             status = Status(int(r.status))
-            f_tr.append(np.asarray(r.f_trace[: steps + 1]))
-            g_tr.append(np.asarray(r.g_trace[: steps + 1]))
+            first = 0 if i == 0 else 1         # a stage starts where the last one ended: record that point once
+            f_tr.append(np.asarray(r.f_trace[first: steps + 1]))
+            g_tr.append(np.asarray(r.g_trace[first: steps + 1]))
             stage_steps.append(steps)
             steps_left -= steps
             x = r.x
