@@ -5,18 +5,27 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.solvers import Status, _run_jit
+from ufm.solvers import LBFGS, Chain, NewtonCG, Status, _run_jit
 
 SMALL = dict(K=4, d=6, n=5, lam=5e-3)
 
 
-def test_converged_and_refined_below_1e_10():
-    sol = ufm.solve(ufm.Problem.create(**SMALL), gtol=1e-10)
+@pytest.mark.parametrize("loss, kw", [("ce", {}), ("fl", dict(gamma=0.5)), ("mse", dict(kappa=2.0, lam_b=0.0))])
+def test_default_converges_below_1e_10(loss, kw):
+    sol = ufm.solve(ufm.Problem.create(**SMALL, loss=loss, **kw), gtol=1e-10)
     assert sol.status == Status.CONVERGED and sol.converged
     assert sol.grad_norm <= 1e-10
-    assert len(sol.stage_steps) == 2 and sol.stage_steps[1] >= 1      # the Newton-CG stage did the endgame
     assert sol.trace_grad_norm[-1] == pytest.approx(sol.grad_norm)
     assert len(sol.trace_objective) == sol.steps + 1
+
+
+def test_lbfgs_then_newton_refinement():
+    chain = Chain(stages=(LBFGS(), NewtonCG()), stage_gtol=(1e-6, None))
+    sol = ufm.solve(ufm.Problem.create(**SMALL), solver=chain, gtol=1e-10)
+    assert sol.converged and sol.grad_norm <= 1e-10
+    assert len(sol.stage_steps) == 2 and min(sol.stage_steps) >= 1      # L-BFGS got to 1e-6, Newton-CG finished
+    assert sol.trace_grad_norm[sol.stage_steps[0]] <= 1e-6 < sol.trace_grad_norm[sol.stage_steps[0] - 1]
+    assert len(sol.trace_objective) == sol.steps + 1                    # the hand-over point is recorded once
 
 
 def test_max_steps_status():

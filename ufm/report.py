@@ -80,7 +80,7 @@ def solution_record(sol: Solution) -> dict:
 
 
 def to_json(record: dict) -> str:
-    return json.dumps(_clean(record), indent=2, sort_keys=True, allow_nan=False)
+    return json.dumps(_clean(record), indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
 
 
 def save_npz(sol: Solution, path, record: dict | None = None) -> None:
