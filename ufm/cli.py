@@ -61,7 +61,7 @@ def add_problem_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lam-b", dest="lam_b", type=_float, help="λ_b (overrides --lam); 0 means a free, unregularised bias")
     g.add_argument("--no-bias", action="store_true", help="drop b from the model")
     s = p.add_argument_group("solver")
-    s.add_argument("--solver", default="auto", help="auto (Newton-CG, L-BFGS fallback) | lbfgs | newton | gd | momentum | adam (default auto)")
+    s.add_argument("--solver", default="auto", help="auto (Newton-CG, L-BFGS fallback) | lbfgs | newton | lm (any critical point) | gd | momentum | adam (default auto)")
     s.add_argument("--gtol", type=_float, default=1e-9, help="stop when ‖∇f‖ ≤ gtol (default 1e-9)")
     s.add_argument("--max-steps", type=_int_min(1), default=10000, help="bound on total solver updates (default 10000)")
     s.add_argument("--lr", type=_float, help="step size of gd / momentum / adam")

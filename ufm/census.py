@@ -1,0 +1,97 @@
+"""Critical points beyond the minimum: a census from random starts, deduplicated up to symmetry, and escapes.
+
+Minimisers are what every descent method finds; saddles need a method that converges to any critical point: the
+census runs Levenberg–Marquardt on ∇f = 0 (``solvers.LevenbergMarquardt``) from seeded starts at several scales.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .critical import CriticalPoint, Tolerances, analyze_point
+from .objective import flat_objective, flatten, unflatten
+from .problem import Problem, Reg
+from .solvers import LevenbergMarquardt, Status, solve
+
+
+CENSUS_SCALES = (0.03, 0.1, 0.3, 1.0)
+
+
+def find_critical_point(problem: Problem, seed: int, scale: float, gtol: float = 1e-10, max_steps: int = 500):
+    """One LM run from a seeded N(0, scale²) start; returns the solve's Solution (status says if it converged)."""
+    return solve(problem, solver=LevenbergMarquardt(), gtol=gtol, max_steps=max_steps, seed=seed, init_scale=scale)
+
+
+def same_orbit(problem: Problem, x1, x2, rtol: float = 1e-6) -> bool:
+    """Whether two points lie on one symmetry orbit: Z = WH and b are invariant under (W, H) ↦ (WQ, QᵀH), and a
+    balanced factorisation is fixed by Z up to that rotation; a free softmax bias is compared up to b + s1."""
+    W1, H1, b1 = unflatten(np.asarray(x1), problem.shape)
+    W2, H2, b2 = unflatten(np.asarray(x2), problem.shape)
+    Z1, Z2 = W1 @ H1, W2 @ H2
+    if np.linalg.norm(Z1 - Z2) > rtol * max(1.0, np.linalg.norm(Z1)):
+        return False
+    if b1 is None:
+        return True
+    if problem.bias_mode == "free" and problem.loss.shift_invariant:
+        b1, b2 = b1 - b1.mean(), b2 - b2.mean()
+    return bool(np.linalg.norm(b1 - b2) <= rtol * max(1.0, np.linalg.norm(b1)))
+
+
+def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances=Tolerances(), gtol=1e-9) -> dict:
+    """Step from a strict saddle along its negative-curvature eigenvector (the sign that lowers f), minimise with
+    the default solver, and classify where it lands."""
+    x = point.x
+    v = point.min_eigvec / np.linalg.norm(point.min_eigvec)
+    step = 1e-2 * max(1.0, np.linalg.norm(x) / np.sqrt(x.size) * np.sqrt(x.size))
+    with jax.enable_x64(True):
+        reg = Reg(*problem.reg)
+        f = lambda y: float(flat_objective(jnp.asarray(y), reg, problem.shape))
+        start = min((x + step * v, x - step * v), key=f)
+    sol = solve(problem, init=unflatten(start, problem.shape), gtol=gtol)
+    landed = analyze_point(problem, sol.params, hessian=hessian, tolerances=tolerances)
+    return {"objective": landed.objective, "classification": landed.classification, "grad_norm": landed.grad_norm,
+            "steps": sol.steps, "status": sol.status.name.lower()}
+
+
+@dataclasses.dataclass
+class Census:
+    points: list                 # unique CriticalPoint's, in order of discovery
+    starts: int
+    converged: int               # starts whose LM run reached gtol
+    wall_time: float
+
+
+def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian: str = "auto",
+           tolerances: Tolerances = Tolerances(), gtol: float = 1e-10, with_escape: bool = True,
+           progress: Optional[Callable[[int, int], None]] = None) -> Census:
+    """LM from ``starts`` seeded random starts cycling through ``scales``; dedupe up to symmetry; classify each
+    unique point; escape from each strict saddle."""
+    t0 = time.perf_counter()
+    unique, xs = [], []
+    converged = 0
+    for i in range(starts):
+        sol = find_critical_point(problem, seed=i, scale=scales[i % len(scales)], gtol=gtol)
+        if progress:
+            progress(i + 1, starts)
+        if sol.status != Status.CONVERGED:
+            continue
+        converged += 1
+        x = flatten(sol.params, xp=np)
+        for j, y in enumerate(xs):
+            if same_orbit(problem, x, y):
+                unique[j].found += 1
+                break
+        else:
+            xs.append(x)
+            unique.append(analyze_point(problem, x, hessian=hessian, tolerances=tolerances, label=f"start {i}"))
+    if with_escape:
+        for cp in unique:
+            if cp.classification == "strict_saddle":
+                cp.escape = escape(problem, cp, hessian=hessian, tolerances=tolerances)
+    return Census(unique, starts, converged, time.perf_counter() - t0)

@@ -1,0 +1,250 @@
+"""Classification of critical points of (7) by measured curvature (theory.md §4).
+
+Every class below comes from computed numbers (‖∇f‖, Hessian eigenvalues with residuals, the theory optimum),
+never from what a theorem says should happen:
+
+- ``not_critical``: ‖∇f‖ > grad_tol (never called a minimiser or a saddle);
+- ``strict_saddle``: λ_min(∇²f) < −zero_tol;
+- on the complement of the symmetry orbit's tangent space (symmetry.py) the Hessian is then either positive
+  (λ_min^⊥ > zero_tol: a second-order minimum whose only flat directions are the symmetry) or not (``degenerate``:
+  flat directions beyond the symmetry, second order cannot decide);
+- a second-order minimum is ``global_minimizer`` when its objective equals the theory optimum (relative obj_tol),
+  ``spurious_local_minimizer`` when above it, and ``local_minimizer`` when no theory value applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .hessian import DENSE_MAX_PARAMS, MatrixFree, dense_hessian, value_and_grad
+from .losses import CrossEntropy, LabelSmoothing, RescaledMSE
+from .objective import Params, data_term, flatten, unflatten
+from .problem import Problem
+from .symmetry import RANK_RTOL, orbit_tangent, project
+from .theory import phi_prime0, theory_optimum
+
+CLASSES = ("global_minimizer", "spurious_local_minimizer", "local_minimizer", "strict_saddle", "degenerate",
+           "not_critical")
+HESSIAN_METHODS = ("auto", "dense", "lanczos")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerances:
+    """grad_tol: ‖∇f‖ at or below it is critical. zero_tol: |θ| at or below it is a zero eigenvalue; by default
+    max(1e-8·‖∇²f‖₂, 1e2·‖∇f‖), because off an exact critical point by δ the symmetry eigenvalues move by O(δ)
+    and round-off in float64 is ~1e-16·‖∇²f‖·√P. obj_tol: relative objective agreement with theory."""
+
+    grad_tol: float = 1e-8
+    zero_tol: Optional[float] = None
+    obj_tol: float = 1e-8
+
+    def zero(self, hess_norm: float, grad_norm: float) -> float:
+        if self.zero_tol is not None:
+            return self.zero_tol
+        return max(1e-8 * hess_norm, 1e2 * grad_norm, 1e-13)
+
+
+@dataclasses.dataclass
+class CriticalPoint:
+    """One analysed point; ``record()`` gives the JSON of ``ufm landscape``."""
+
+    objective: float
+    grad_norm: float
+    min_eig: float
+    max_eig: float
+    min_eig_deflated: float
+    n_negative: Optional[int]            # counted on the dense path; matrix-free: ≥ 1 known, exact count unknown
+    n_zero: Optional[int]                # dense: counted; matrix-free: = expected when λ_min^⊥ > zero_tol, else None
+    expected_zero_modes: int
+    rank_W: int
+    classification: str
+    eig_residual: float                  # max residual ‖Hv − θv‖ over the reported eigenpairs
+    hessian_method: str
+    zero_tol: float
+    theory_objective: Optional[float]
+    certificate: Optional[dict]
+    nc_direction: Optional[dict]
+    x: np.ndarray = dataclasses.field(repr=False)
+    min_eigvec: np.ndarray = dataclasses.field(repr=False)
+    escape: Optional[dict] = None
+    label: str = ""
+    found: int = 1
+
+    def record(self) -> dict:
+        keys = ["label", "objective", "grad_norm", "min_eig", "max_eig", "min_eig_deflated", "n_negative", "n_zero",
+                "expected_zero_modes", "rank_W", "classification", "eig_residual", "hessian_method",
+                "theory_objective", "certificate", "nc_direction", "escape", "found"]
+        return {k: getattr(self, k) for k in keys}
+
+
+def _data_grad_Z(problem: Problem, W, H, b):
+    """G = ∇_Z g at Z = WH, with g(Z) = (1/N) Σ L(z_{k,i} + b, y_k) (theory.md §4.1), as a K×N matrix."""
+    shape = problem.shape
+
+    def g(Z):
+        # W = I_K and H = Z make W H = Z: reuse the one objective code path for the data term
+        return data_term(Params(jnp.eye(problem.K), Z, None if b is None else jnp.asarray(b)),
+                         dataclasses.replace(shape, d=problem.K))
+
+    return np.asarray(jax.grad(g)(jnp.asarray(W @ H)))
+
+
+def certificate(problem: Problem, W, H, b) -> Optional[dict]:
+    """theory.md §8.10 for the convex losses (CE, LS, MSE): globally optimal iff balanced
+    (λ_W WᵀW = λ_H HHᵀ) and ‖∇_Z g‖₂ ≤ √(λ_W λ_H). None for other losses or λ = 0."""
+    if not isinstance(problem.loss, (CrossEntropy, LabelSmoothing, RescaledMSE)) or min(problem.lam_W, problem.lam_H) <= 0:
+        return None
+    lw, lh = problem.lam_W, problem.lam_H
+    G = _data_grad_Z(problem, W, H, b)
+    sig = np.linalg.svd(G, compute_uv=False)
+    bal = np.linalg.norm(lw * W.T @ W - lh * H @ H.T)
+    scale = lw * np.sum(W**2) + lh * np.sum(H**2)
+    balance_rel = float(bal / scale) if scale > 0 else float(bal)
+    bound = float(np.sqrt(lw * lh))
+    return {"sigma_max_grad_Z": float(sig[0]), "sqrt_lam_W_lam_H": bound, "balance_residual": balance_rel,
+            "singular_values_grad_Z": [float(s) for s in sig[: problem.K]],
+            "holds": bool(balance_rel <= 1e-6 and sig[0] <= bound * (1 + 1e-6))}
+
+
+def negative_curvature_direction(problem: Problem, x):
+    """The explicit direction of theory.md §4.1 at x, when rank W < d: with a ∈ null(W) ∩ null(Hᵀ) and (u, v) the
+    top singular pair of G = ∇_Z g, Δ_W = (λ_H/λ_W)^{1/4} u aᵀ, Δ_H = −(λ_W/λ_H)^{1/4} a vᵀ, Δ_b = 0, with
+    predicted curvature Δᵀ∇²fΔ = 2(√(λ_Wλ_H) − σ_max(G)). Returns (flat Δ, prediction) or None."""
+    lw, lh = problem.lam_W, problem.lam_H
+    if min(lw, lh) <= 0:
+        return None
+    W, H, b = unflatten(np.asarray(x), problem.shape)
+    mu, V = np.linalg.eigh(W.T @ W + H @ H.T)
+    if mu[0] > RANK_RTOL * max(mu[-1], 0.0) and mu[-1] > 0:
+        return None                                   # W has full column rank d: no a exists
+    a = V[:, 0]
+    G = _data_grad_Z(problem, W, H, b)
+    U, s, Vt = np.linalg.svd(G, full_matrices=False)
+    dW = (lh / lw) ** 0.25 * np.outer(U[:, 0], a)
+    dH = -((lw / lh) ** 0.25) * np.outer(a, Vt[0])
+    db = None if b is None else np.zeros_like(b)
+    return flatten(Params(dW, dH, db), xp=np), 2.0 * (np.sqrt(lw * lh) - s[0]), float(s[0])
+
+
+def origin_min_eig_theory(problem: Problem) -> float:
+    """theory.md §4.2: λ_min of the (W, H) block of ∇²f at the origin,
+    (λ_W+λ_H)/2 − √(((λ_W−λ_H)/2)² + φ′(0)²/n)."""
+    p0 = phi_prime0(problem.loss, problem.K)
+    lw, lh = problem.lam_W, problem.lam_H
+    return float((lw + lh) / 2 - np.sqrt(((lw - lh) / 2) ** 2 + p0**2 / problem.n))
+
+
+def _choose_method(problem: Problem, method: str) -> str:
+    if method not in HESSIAN_METHODS:
+        from .errors import UFMInputError
+        raise UFMInputError("--hessian", method, f"use one of {', '.join(HESSIAN_METHODS)}")
+    if method == "auto":
+        return "dense" if problem.num_params <= DENSE_MAX_PARAMS else "lanczos"
+    return method
+
+
+def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances: Tolerances = Tolerances(),
+                  label: str = "") -> CriticalPoint:
+    """Measure ‖∇f‖ and the Hessian spectrum at ``point`` (Params or flat vector) and classify it."""
+    method = _choose_method(problem, hessian)
+    with jax.enable_x64(True):
+        x = np.asarray(flatten(point, xp=np) if isinstance(point, Params) else point, dtype=np.float64)
+        shape = problem.shape
+        mf = MatrixFree(problem, x)
+        f, g = value_and_grad(mf.x, mf.reg, shape)
+        f, gnorm = float(f), float(np.linalg.norm(np.asarray(g)))
+        tangent = orbit_tangent(problem, x)
+        W, H, b = unflatten(x, shape)
+
+        if method == "dense":
+            Hd = np.asarray(dense_hessian(mf.x, mf.reg, shape))
+            theta, vecs = np.linalg.eigh(Hd)
+            hess_norm = float(np.max(np.abs(theta)))
+            ztol = tolerances.zero(hess_norm, gnorm)
+            basis = jax.vmap(lambda e: project(tangent, mf.x, e, shape))(jnp.eye(x.size))
+            Pm = np.asarray(basis).T
+            Q = np.eye(x.size) - Pm
+            theta_perp = np.linalg.eigvalsh(Q @ Hd @ Q + (hess_norm + 1.0) * Pm)
+            min_eig, max_eig, vmin = float(theta[0]), float(theta[-1]), vecs[:, 0]
+            min_perp = float(theta_perp[0])
+            n_neg, n_zero = int(np.sum(theta < -ztol)), int(np.sum(np.abs(theta) <= ztol))
+            residual = max(mf.residual(theta[0], vecs[:, 0]), mf.residual(theta[-1], vecs[:, -1]))
+            min_space = vecs[:, theta <= theta[0] + ztol]
+        else:
+            top = mf.largest()
+            hess_norm = abs(top.value)
+            sigma = top.value + max(1.0, 0.01 * abs(top.value))
+            low = mf.smallest(sigma)
+            ztol = tolerances.zero(max(hess_norm, abs(low.value)), gnorm)
+            perp = mf.smallest(sigma, op=mf.H_deflated(tangent, sigma))
+            min_eig, max_eig, vmin = low.value, top.value, low.vector
+            min_perp = perp.value
+            n_neg = None if min_eig < -ztol else 0
+            n_zero = tangent.dim if min_perp > ztol else None
+            residual = max(top.residual, low.residual, perp.residual)
+            min_space = None                 # Lanczos returns one vector of a possibly repeated eigenvalue
+
+        th = theory_optimum(problem)
+        f_star = th.objective if th.applies else None
+        if gnorm > tolerances.grad_tol:
+            cls = "not_critical"
+        elif min_eig < -ztol:
+            cls = "strict_saddle"
+        elif min_perp <= ztol:
+            cls = "degenerate"
+        elif f_star is None:
+            cls = "local_minimizer"
+        elif abs(f - f_star) <= tolerances.obj_tol * max(1.0, abs(f_star)):
+            cls = "global_minimizer"
+        elif f > f_star:
+            cls = "spurious_local_minimizer"
+        else:
+            cls = "local_minimizer"         # below a theory value: reported as measured, the gap says the rest
+
+        direction = None
+        nc = negative_curvature_direction(problem, x)
+        if nc is not None:
+            delta, predicted, smax = nc
+            norm2 = float(delta @ delta)
+            measured = float(delta @ mf.H(delta))
+            # Δ is a λ_min eigenvector iff its Rayleigh quotient equals λ_min; on the dense path also report how
+            # much of Δ lies in the (often repeated) λ_min eigenspace
+            overlap = None if min_space is None else float(np.linalg.norm(min_space.T @ delta) / np.sqrt(norm2))
+            direction = {"predicted_curvature": float(predicted / norm2), "measured_curvature": measured / norm2,
+                         "min_eig": min_eig, "sigma_max_grad_Z": smax, "overlap_with_min_eigenspace": overlap}
+
+        return CriticalPoint(
+            objective=f, grad_norm=gnorm, min_eig=min_eig, max_eig=max_eig, min_eig_deflated=min_perp,
+            n_negative=n_neg, n_zero=n_zero, expected_zero_modes=tangent.dim, rank_W=tangent.rank,
+            classification=cls, eig_residual=float(residual), hessian_method=method, zero_tol=ztol,
+            theory_objective=f_star, certificate=certificate(problem, W, H, b), nc_direction=direction,
+            x=x, min_eigvec=np.asarray(vmin), label=label,
+        )
+
+
+def origin(problem: Problem) -> Params:
+    """(W, H, b) = (0, 0, 0): critical for every loss here (theory.md §4.2)."""
+    K, d, N = problem.K, problem.d, problem.N
+    return Params(np.zeros((K, d)), np.zeros((d, N)), np.zeros(K) if problem.bias else None)
+
+
+def mse_saddle_point(problem: Problem, r: int) -> Params:
+    """The rank-r critical point of bias-free vanilla MSE (κ = 1; theory.md §4.2): Z = a U_r U_rᵀ Y with
+    a = (β − Kc/2)_+, balanced W W ᵀ = s_c a U_r U_rᵀ. A strict saddle for every r < K."""
+    loss = problem.loss
+    if not isinstance(loss, RescaledMSE) or problem.bias or loss.kappa != 1.0 or not 0 <= r <= min(problem.K, problem.d):
+        from .errors import UFMInputError
+        raise UFMInputError("r", r, "needs bias-free MSE with κ = 1 and 0 ≤ r ≤ min(K, d)")
+    K, d, n = problem.K, problem.d, problem.n
+    c = np.sqrt(n * problem.lam_W * problem.lam_H)
+    a = max(loss.beta - K * c / 2.0, 0.0)
+    sc = np.sqrt(n * problem.lam_H / problem.lam_W)
+    W = np.zeros((K, d))
+    W[:r, :r] = np.sqrt(sc * a) * np.eye(r)          # U_r = first r standard basis vectors
+    H = np.sqrt(problem.lam_W / (problem.lam_H * n)) * W[problem.labels].T
+    return Params(W, H, None)
