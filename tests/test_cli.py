@@ -160,3 +160,48 @@ def test_help_and_version_are_fast():
     assert "jax" not in subprocess.run(
         [sys.executable, "-c", "import sys, ufm.cli\ntry: ufm.cli.main(['solve','--help'])\nexcept SystemExit: pass\n"
          "print(' '.join(m for m in sys.modules if m.startswith('jax')))"], capture_output=True, text=True).stdout.split("\n")[-2]
+
+
+# ---------------------------------------------------------------------------------------------------- landscape
+
+
+def landscape_json(capsys, *args):
+    code = main(["landscape", *args, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_landscape_solution_json_schema(capsys):
+    code, rec = landscape_json(capsys, *SMALL, "--lam", "5e-3", "--loss", "ls")
+    assert code == 0
+    assert set(rec) >= {"critical_points", "hessian_method", "tolerances", "config"}
+    (p,) = rec["critical_points"]
+    for key in ("objective", "grad_norm", "min_eig", "max_eig", "n_negative", "n_zero", "expected_zero_modes",
+                "classification", "eig_residual", "escape"):
+        assert key in p, key
+    assert p["classification"] == "global_minimizer" and p["n_zero"] == p["expected_zero_modes"] == 12
+    assert p["escape"] is None and rec["hessian_method"] == "dense"
+    assert rec["config"]["loss"] == "ls" and rec["tolerances"]["grad_tol"] == 1e-8
+
+
+def test_landscape_origin_lanczos_with_escape(capsys):
+    code, rec = landscape_json(capsys, *SMALL, "--lam", "5e-3", "--at", "origin", "--hessian", "lanczos")
+    (p,) = rec["critical_points"]
+    assert code == 0 and rec["hessian_method"] == "lanczos"
+    assert p["classification"] == "strict_saddle" and p["min_eig"] == pytest.approx(rec["origin_min_eig_theory"], rel=1e-8)
+    assert p["escape"]["classification"] == "global_minimizer"
+
+
+def test_landscape_census_table(capsys):
+    assert main(["landscape", "-K", "3", "-d", "4", "-n", "2", "--lam", "0.05", "--loss", "ls", "--at", "census",
+                 "--starts", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "census: 4 starts" in out and "strict_saddle" in out and "escape" in out and "summary:" in out
+
+
+@pytest.mark.parametrize("args, flag", [(["--hessian", "exact"], "--hessian"), (["--at", "everywhere"], "--at"),
+                                        (["--starts", "0"], "--starts"), (["--grad-tol", "-1"], "--grad-tol"),
+                                        (["-K", "1"], "-K"), (["--loss", "ls", "--alpha", "2"], "--alpha")])
+def test_landscape_bad_input(capsys, args, flag):
+    code = _exit_code(["landscape", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and flag in err

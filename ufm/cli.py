@@ -139,6 +139,94 @@ def cmd_solve(args) -> int:
     return EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
 
 
+def _progress(done, total):
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\rcensus: {done}/{total} starts" + ("\n" if done == total else ""))
+        sys.stderr.flush()
+
+
+def render_landscape(rec: dict) -> str:
+    """A readable table of analysed critical points."""
+    c = rec["config"]
+    lines = [f"UFM landscape: K={c['K']} d={c['d']} n={c['n']} loss={c['loss']} λ_W={c['lam_W']:g} λ_H={c['lam_H']:g} "
+             f"bias={c['bias']} — at {rec['at']}, Hessian {rec['hessian_method']}",
+             f"tolerances: ‖∇f‖ ≤ {rec['tolerances']['grad_tol']:g} is critical; |θ| ≤ zero_tol is zero "
+             f"({rec['tolerances']['zero_tol_rule']}); objective vs theory to {rec['tolerances']['obj_tol']:g} relative"]
+    if "census" in rec:
+        cs = rec["census"]
+        lines.append(f"census: {cs['starts']} starts, {cs['converged']} reached a critical point, {cs['unique']} distinct "
+                     f"up to rotation, {cs['wall_time_s']:.1f} s")
+    head = f"{'point':10}{'class':>26}{'f':>14}{'‖∇f‖':>10}{'λ_min':>11}{'λ_min⊥':>11}{'λ_max':>10}{'#neg':>6}{'#zero/exp':>11}{'resid':>9}"
+    lines += ["", head]
+    for p in rec["critical_points"]:
+        zero = f"{'?' if p['n_zero'] is None else p['n_zero']}/{p['expected_zero_modes']}"
+        neg = "≥1" if p["n_negative"] is None else str(p["n_negative"])
+        lines.append(f"{p['label'][:10]:10}{p['classification']:>26}{p['objective']:>14.8f}{p['grad_norm']:>10.1e}"
+                     f"{p['min_eig']:>11.2e}{p['min_eig_deflated']:>11.2e}{p['max_eig']:>10.2e}{neg:>6}{zero:>11}"
+                     f"{p['eig_residual']:>9.1e}")
+        if p["escape"]:
+            e = p["escape"]
+            lines.append(f"{'':10}  escape along the negative-curvature eigenvector → {e['classification']} "
+                         f"(f = {e['objective']:.8f}, ‖∇f‖ = {e['grad_norm']:.1e})")
+        if p["theory_objective"] is not None and p["classification"] != "not_critical":
+            lines.append(f"{'':10}  theory optimum f* = {p['theory_objective']:.8f}; gap {p['objective'] - p['theory_objective']:.2e}")
+    counts = {}
+    for p in rec["critical_points"]:
+        counts[p["classification"]] = counts.get(p["classification"], 0) + 1
+    lines += ["", "summary: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
+    return "\n".join(lines)
+
+
+def cmd_landscape(args) -> int:
+    from .census import census, escape
+    from .critical import Tolerances, analyze_point, origin, origin_min_eig_theory
+    from .report import _clean, to_json
+    from .solvers import solve
+
+    problem = problem_from_args(args)
+    if args.grad_tol <= 0:
+        from .errors import UFMInputError
+        raise UFMInputError("--grad-tol", args.grad_tol, "must be > 0")
+    if args.zero_tol is not None and args.zero_tol <= 0:
+        from .errors import UFMInputError
+        raise UFMInputError("--zero-tol", args.zero_tol, "must be > 0")
+    tol = Tolerances(grad_tol=args.grad_tol, zero_tol=args.zero_tol)
+    rec = {"at": args.at, "config": {**problem.config(), "solver": args.solver, "gtol": args.gtol, "seed": args.seed,
+                                      "init_scale": args.init_scale, "hessian": args.hessian}}
+    code = EXIT_OK
+    if args.at == "census":
+        cs = census(problem, args.starts, hessian=args.hessian, tolerances=tol, with_escape=not args.no_escape,
+                    progress=_progress)
+        points = cs.points
+        rec["census"] = {"starts": cs.starts, "converged": cs.converged, "unique": len(points),
+                         "found": [p.found for p in points], "wall_time_s": cs.wall_time}
+    else:
+        if args.at == "solution":
+            sol = solve(problem, solver=args.solver, gtol=args.gtol, max_steps=args.max_steps, seed=args.seed,
+                        init_scale=args.init_scale, dtype=args.dtype, lr=args.lr)
+            rec["solve"] = {"status": sol.status.name.lower(), "steps": sol.steps, "grad_norm": sol.grad_norm}
+            code = EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
+            point, label = sol.params, "solution"
+        else:
+            point, label = origin(problem), "origin"
+            try:
+                rec["origin_min_eig_theory"] = origin_min_eig_theory(problem)
+            except TypeError:            # φ′(0) exists only for the softmax losses
+                rec["origin_min_eig_theory"] = None
+        cp = analyze_point(problem, point, hessian=args.hessian, tolerances=tol, label=label)
+        if cp.classification == "strict_saddle" and not args.no_escape:
+            cp.escape = escape(problem, cp, hessian=args.hessian, tolerances=tol)
+        points = [cp]
+    rec["hessian_method"] = points[0].hessian_method if points else args.hessian
+    rec["tolerances"] = {"grad_tol": tol.grad_tol, "obj_tol": tol.obj_tol,
+                         "zero_tol": [p.zero_tol for p in points],
+                         "zero_tol_rule": "given" if args.zero_tol else "max(1e-8·‖∇²f‖₂, 1e2·‖∇f‖)"}
+    rec["critical_points"] = [p.record() for p in points]
+    rec = _clean(rec)
+    print(to_json(rec) if args.json else render_landscape(rec))
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -153,6 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     sp.add_argument("--save", metavar="PATH.npz", help="write W, H, b, labels and the record to an .npz")
     sp.set_defaults(func=cmd_solve)
+
+    lp = sub.add_parser("landscape", help="Hessian spectra and classification of critical points (saddles, minima)",
+                        description="Classify critical points of (7) by their measured Hessian spectrum.\n\n"
+                                    "examples:\n  ufm landscape -K 4 -d 6 -n 5 --lam 5e-3 --loss ls\n"
+                                    "  ufm landscape -K 3 -d 4 -n 2 --lam 0.05 --loss ls --at census --starts 12 --json",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_problem_flags(lp)
+    g = lp.add_argument_group("landscape")
+    g.add_argument("--at", choices=("solution", "origin", "census"), default="solution",
+                   help="analyse the solve's end point, the origin, or a census of critical points (default solution)")
+    g.add_argument("--starts", type=_int_min(1), default=20, help="census: number of random starts (default 20)")
+    g.add_argument("--hessian", choices=("auto", "dense", "lanczos"), default="auto",
+                   help="dense eigh, matrix-free shifted Lanczos, or auto by size (dense up to 4000 parameters)")
+    g.add_argument("--grad-tol", type=_float, default=1e-8, help="‖∇f‖ at or below it is critical (default 1e-8)")
+    g.add_argument("--zero-tol", type=_float, help="|eigenvalue| at or below it is zero (default max(1e-8‖∇²f‖, 1e2‖∇f‖))")
+    g.add_argument("--no-escape", action="store_true", help="skip the escape runs from strict saddles")
+    lp.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    lp.set_defaults(func=cmd_landscape)
     return parser
 
 

@@ -25,7 +25,7 @@ from .hessian import DENSE_MAX_PARAMS, MatrixFree, dense_hessian, value_and_grad
 from .losses import CrossEntropy, LabelSmoothing, RescaledMSE
 from .objective import Params, data_term, flatten, unflatten
 from .problem import Problem
-from .symmetry import RANK_RTOL, orbit_tangent, project
+from .symmetry import RANK_ATOL, RANK_RTOL, orbit_tangent, project
 from .theory import phi_prime0, theory_optimum
 
 CLASSES = ("global_minimizer", "spurious_local_minimizer", "local_minimizer", "strict_saddle", "degenerate",
@@ -120,7 +120,7 @@ def negative_curvature_direction(problem: Problem, x):
         return None
     W, H, b = unflatten(np.asarray(x), problem.shape)
     mu, V = np.linalg.eigh(W.T @ W + H @ H.T)
-    if mu[0] > RANK_RTOL * max(mu[-1], 0.0) and mu[-1] > 0:
+    if mu[0] > max(RANK_RTOL * mu[-1], RANK_ATOL):
         return None                                   # W has full column rank d: no a exists
     a = V[:, 0]
     G = _data_grad_Z(problem, W, H, b)

@@ -18,10 +18,11 @@ import numpy as np
 from .objective import unflatten
 from .problem import Problem
 
-#: eigenvalues μ_i of M = WᵀW + HHᵀ below this fraction of μ_max count as zero (rank of W). μ is a squared
-#: singular value, so this is a 1e-5 relative singular-value cut: far above float64 round-off, far below any
-#: genuine direction of a converged point.
+#: eigenvalues μ_i of M = WᵀW + HHᵀ below RANK_RTOL·μ_max, or below RANK_ATOL, count as zero (rank of W). μ is a
+#: squared singular value: a 1e-5 relative and 1e-10 absolute singular-value cut, far above float64 round-off and
+#: far below any genuine direction of a converged point (an LM run that lands on the origin leaves ~1e-15).
 RANK_RTOL = 1e-10
+RANK_ATOL = 1e-20
 
 
 def expected_zero_modes(d: int, r: int, free_shift: bool) -> int:
@@ -48,8 +49,7 @@ def orbit_tangent(problem: Problem, x) -> OrbitTangent:
     """The tangent space of the symmetry orbit through the flat point x."""
     W, H, _ = unflatten(np.asarray(x, dtype=np.float64), problem.shape)
     mu, U = np.linalg.eigh(W.T @ W + H @ H.T)
-    mu_max = max(float(mu.max()), 0.0)
-    active = mu > RANK_RTOL * mu_max if mu_max > 0 else np.zeros_like(mu, dtype=bool)
+    active = mu > max(RANK_RTOL * float(mu.max()), RANK_ATOL)
     pair = (active[:, None] | active[None, :]) & ~np.eye(problem.d, dtype=bool)
     weights = np.where(pair, 2.0 / np.where(pair, mu[:, None] + mu[None, :], 1.0), 0.0)
     r = int(active.sum())

@@ -1,0 +1,124 @@
+"""Classification by measurement: NC minima, the origin on both sides of its threshold, the §4.1 direction, the MSE
+saddle family, non-critical points, the certificate, and an LS census with escapes."""
+
+import numpy as np
+import pytest
+
+import ufm
+from ufm.census import census, same_orbit
+from ufm.critical import (Tolerances, analyze_point, mse_saddle_point, negative_curvature_direction, origin,
+                          origin_min_eig_theory)
+from ufm.objective import flatten
+from ufm.theory import phi_prime0
+
+SMALL = dict(K=4, d=6, n=5, lam=5e-3)
+
+
+@pytest.mark.parametrize("kw", [dict(loss="ce"), dict(loss="ls", alpha=0.1), dict(loss="fl", gamma=2.0),
+                                dict(loss="ce", lam_b=0.0), dict(loss="mse", kappa=2.0, lam_b=0.0),
+                                dict(loss="mse", kappa=2.0, bias=False)])
+def test_solution_is_global_minimizer_by_both_methods(kw):
+    prob = ufm.Problem.create(**{**SMALL, **kw})
+    sol = ufm.solve(prob, gtol=1e-10)
+    dense = analyze_point(prob, sol.params, hessian="dense")
+    lanczos = analyze_point(prob, sol.params, hessian="lanczos")
+    for cp in (dense, lanczos):
+        assert cp.classification == "global_minimizer"
+        assert cp.eig_residual < 1e-8
+    # zero modes: rotations of a rank-r W, r = K − 1 for the ETF, K for the MSE orthogonal frame, + free softmax shift
+    r = 4 if kw.get("bias") is False else 3
+    expected = 6 * 5 // 2 - (6 - r) * (6 - r - 1) // 2 + int(kw.get("lam_b") == 0.0 and kw["loss"] != "mse")
+    assert dense.expected_zero_modes == expected and dense.n_zero == expected and dense.rank_W == r
+    assert lanczos.n_zero == expected                    # matrix-free: via deflation, not by counting Lanczos copies
+    assert dense.min_eig_deflated == pytest.approx(lanczos.min_eig_deflated, rel=1e-7)
+    assert dense.max_eig == pytest.approx(lanczos.max_eig, rel=1e-9)
+    if kw["loss"] in ("ce", "ls", "mse"):
+        assert dense.certificate["holds"]
+        np.testing.assert_allclose(dense.certificate["singular_values_grad_Z"][:3], np.sqrt(5e-3 * 5e-3), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss, kw", [("ce", {}), ("ls", dict(alpha=0.2)), ("fl", dict(gamma=1.0)), ("fl", dict(gamma=3.0))])
+@pytest.mark.parametrize("side", [0.8, 1.25])
+def test_origin_eigenvalue_and_class_flip(loss, kw, side):
+    # theory.md §4.2: λ_min = λ − φ′(0)/√n at λ_W = λ_H = λ, a strict saddle iff √(nλ²) = nλ/√n... < φ′(0)
+    K, n = 4, 5
+    lam = side * phi_prime0(ufm.as_loss(loss, **kw), K) / np.sqrt(n)        # c = √n·λ = side·φ′(0)
+    prob = ufm.Problem.create(K, 6, n, lam=lam, bias=False, loss=loss, **kw)
+    for method in ("dense", "lanczos"):
+        cp = analyze_point(prob, origin(prob), hessian=method)
+        assert cp.min_eig == pytest.approx(origin_min_eig_theory(prob), rel=1e-9, abs=1e-12)
+        assert cp.classification == ("strict_saddle" if side < 1 else "global_minimizer")
+        # the explicit §4.1 direction at the origin has exactly this curvature
+        assert cp.nc_direction["measured_curvature"] == pytest.approx(cp.nc_direction["predicted_curvature"], rel=1e-9)
+        assert cp.nc_direction["predicted_curvature"] == pytest.approx(cp.min_eig, rel=1e-9)
+
+
+def test_origin_at_the_threshold_is_degenerate():
+    K, n = 4, 5
+    prob = ufm.Problem.create(K, 6, n, lam=(1 / K) / np.sqrt(n), bias=False)   # c = φ′(0) exactly
+    cp = analyze_point(prob, origin(prob))
+    assert cp.classification == "degenerate" and cp.n_zero > cp.expected_zero_modes == 0
+
+
+def test_mse_rank_deficient_saddles():
+    prob = ufm.Problem.create(4, 6, 5, lam=0.01, loss="mse", bias=False)
+    for r in range(5):
+        cp = analyze_point(prob, mse_saddle_point(prob, r))
+        assert cp.grad_norm < 1e-12                         # the construction is an exact critical point
+        assert cp.classification == ("global_minimizer" if r == 4 else "strict_saddle")
+
+
+def test_negative_curvature_direction_at_a_saddle():
+    # a rank-deficient LS saddle from the census (d > K): Δ of §4.1 has curvature 2(√(λ_Wλ_H) − σ_max) < 0
+    prob = ufm.Problem.create(3, 4, 2, lam=0.05, loss="ls", alpha=0.1)
+    cs = census(prob, starts=4, with_escape=False)
+    saddle = next(p for p in cs.points if p.classification == "strict_saddle" and p.rank_W > 0)
+    d = saddle.nc_direction
+    assert d["predicted_curvature"] < 0
+    assert d["measured_curvature"] == pytest.approx(d["predicted_curvature"], rel=1e-8)
+    assert d["measured_curvature"] >= saddle.min_eig - 1e-12        # a Rayleigh quotient cannot go below λ_min
+
+
+def test_not_critical_is_never_a_minimizer_or_saddle(rng):
+    prob = ufm.Problem.create(**SMALL)
+    x = rng.normal(size=prob.num_params)
+    for method in ("dense", "lanczos"):
+        assert analyze_point(prob, x, hessian=method).classification == "not_critical"
+    sol = ufm.solve(prob, max_steps=3)
+    assert analyze_point(prob, sol.params).classification == "not_critical"
+
+
+def test_certificate_fails_at_a_saddle():
+    prob = ufm.Problem.create(**SMALL, loss="ls", alpha=0.1)
+    cert = analyze_point(prob, origin(prob)).certificate
+    assert not cert["holds"] and cert["sigma_max_grad_Z"] > cert["sqrt_lam_W_lam_H"]
+
+
+def test_focal_has_no_convex_certificate():
+    prob = ufm.Problem.create(**SMALL, loss="fl", gamma=2.0)
+    assert analyze_point(prob, origin(prob)).certificate is None
+
+
+def test_explicit_zero_tolerance_is_used():
+    prob = ufm.Problem.create(**SMALL)
+    cp = analyze_point(prob, ufm.solve(prob).params, tolerances=Tolerances(zero_tol=1.0))
+    assert cp.zero_tol == 1.0 and cp.classification == "degenerate"     # every eigenvalue now counts as zero
+
+
+def test_ls_census_is_benign_and_every_escape_reaches_the_optimum():
+    # Thm 3.2 (theory.md §4.1) for LS with d > K, checked by measurement
+    prob = ufm.Problem.create(3, 4, 2, lam=0.05, loss="ls", alpha=0.1)
+    cs = census(prob, starts=12)
+    f_star = ufm.theory_optimum(prob).objective
+    assert cs.converged == 12 and len(cs.points) >= 2
+    assert {p.classification for p in cs.points} <= {"global_minimizer", "strict_saddle"}
+    saddles = [p for p in cs.points if p.classification == "strict_saddle"]
+    assert saddles
+    for p in saddles:
+        assert p.escape["classification"] == "global_minimizer"
+        assert p.escape["objective"] == pytest.approx(f_star, rel=1e-9)
+    # deduplication is up to rotation: a rotated copy is the same orbit
+    x = cs.points[-1].x
+    W, H, b = ufm.objective.unflatten(x, prob.shape)
+    Q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))
+    assert same_orbit(prob, x, flatten(ufm.Params(W @ Q, Q.T @ H, b), xp=np))
