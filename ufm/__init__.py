@@ -17,6 +17,8 @@ _EXPORTS = {
     "report": ("save_npz", "solution_record"),
     "solvers": ("Solution", "Status", "init_params", "solve"),
     "theory": ("TheoryOptimum", "theory_optimum", "theory_point"),
+    "critical": ("CriticalPoint", "Tolerances", "analyze_point", "mse_saddle_point", "origin"),
+    "census": ("Census", "census"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
