@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.census import census, same_orbit
+from ufm.landscape import census, same_orbit
 from ufm.critical import (Tolerances, analyze_point, mse_saddle_point, negative_curvature_direction, origin,
                           origin_min_eig_theory)
 from ufm.objective import flatten

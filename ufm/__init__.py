@@ -18,7 +18,7 @@ _EXPORTS = {
     "solvers": ("Solution", "Status", "init_params", "solve"),
     "theory": ("TheoryOptimum", "theory_optimum", "theory_point"),
     "critical": ("CriticalPoint", "Tolerances", "analyze_point", "mse_saddle_point", "origin"),
-    "census": ("Census", "census"),
+    "landscape": ("Census", "census", "escape"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

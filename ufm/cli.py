@@ -178,7 +178,7 @@ def render_landscape(rec: dict) -> str:
 
 
 def cmd_landscape(args) -> int:
-    from .census import census, escape
+    from .landscape import census, escape
     from .critical import Tolerances, analyze_point, origin, origin_min_eig_theory
     from .report import _clean, to_json
     from .solvers import solve
