@@ -99,6 +99,14 @@ def _loop(init, value_grad, update, x0, gtol, max_steps, patience: int, trace_le
 # Solvers
 
 
+def _derivatives(reg, shape):
+    """f, (f, ∇f) and x ↦ (v ↦ ∇²f(x)v) (forward-over-reverse) for objective (7) at fixed λ's and shape."""
+    f = functools.partial(flat_objective, reg=reg, shape=shape)
+    grad = jax.grad(f)
+    hvp_at = lambda x: (lambda v: jax.jvp(grad, (x,), (v,))[1])
+    return f, jax.value_and_grad(f), hvp_at
+
+
 @dataclasses.dataclass(frozen=True)
 class LBFGS:
     """optax L-BFGS with a zoom line search (strong Wolfe, approximate-decrease safeguard)."""
@@ -108,7 +116,7 @@ class LBFGS:
     name = "lbfgs"
 
     def run(self, x0, reg, shape, gtol, max_steps, trace_len):
-        f = functools.partial(flat_objective, reg=reg, shape=shape)
+        f, _, _ = _derivatives(reg, shape)
         opt = optax.lbfgs(memory_size=self.memory,
                           linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=30))
         vg = optax.value_and_grad_from_state(f)
@@ -130,13 +138,12 @@ class FirstOrder:
     name = "first-order"
 
     def run(self, x0, reg, shape, gtol, max_steps, trace_len):
-        f = functools.partial(flat_objective, reg=reg, shape=shape)
+        f, vg, _ = _derivatives(reg, shape)
         opt = {
             "gd": lambda: optax.sgd(self.lr),
             "momentum": lambda: optax.sgd(self.lr, momentum=0.9, nesterov=True),
             "adam": lambda: optax.adam(self.lr),
         }[self.method]()
-        vg = jax.value_and_grad(f)
 
         def update(x, state, v, g):
             u, state = opt.update(g, state, x)
@@ -156,13 +163,11 @@ class NewtonCG:
     name = "newton-cg"
 
     def run(self, x0, reg, shape, gtol, max_steps, trace_len):
-        f = functools.partial(flat_objective, reg=reg, shape=shape)
-        vg = jax.value_and_grad(f)
-        grad = jax.grad(f)
+        f, vg, hvp_at = _derivatives(reg, shape)
         cg_max = self.cg_max
 
         def direction(x, g):
-            hvp = lambda v: jax.jvp(grad, (x,), (v,))[1]
+            hvp = hvp_at(x)
             gnorm = jnp.linalg.norm(g)
             tol = jnp.minimum(0.5, jnp.sqrt(gnorm)) * gnorm
 
@@ -221,18 +226,16 @@ class LevenbergMarquardt:
     name = "lm"
 
     def run(self, x0, reg, shape, gtol, max_steps, trace_len):
-        f = functools.partial(flat_objective, reg=reg, shape=shape)
-        vg = jax.value_and_grad(f)
-        grad = jax.grad(f)
+        f, vg, hvp_at = _derivatives(reg, shape)
 
         def update(x, c, v, g):
-            hvp = lambda u: jax.jvp(grad, (x,), (u,))[1]
+            hvp = hvp_at(x)
             gnorm = jnp.linalg.norm(g)
             mu = c * gnorm
             rhs = -hvp(g)
             p, _ = jax.scipy.sparse.linalg.cg(lambda u: hvp(hvp(u)) + mu * u, rhs, tol=1e-3 * jnp.minimum(1.0, gnorm),
                                               maxiter=self.cg_max)
-            ok = jnp.linalg.norm(grad(x + p)) < gnorm
+            ok = jnp.linalg.norm(vg(x + p)[1]) < gnorm
             return jnp.where(ok, x + p, x), jnp.where(ok, jnp.maximum(c / 4.0, 1e-12), jnp.minimum(c * 4.0, 1e12))
 
         return _loop(lambda x: jnp.asarray(1.0, x.dtype), lambda x, s: vg(x), update, x0, gtol, max_steps,
