@@ -19,6 +19,9 @@ _EXPORTS = {
     "theory": ("TheoryOptimum", "theory_optimum", "theory_point"),
     "critical": ("CriticalPoint", "Tolerances", "analyze_point", "mse_saddle_point", "origin"),
     "landscape": ("Census", "census", "escape"),
+    "grid": ("Grid", "SweepOptions", "build_grid"),
+    "store": ("export_sweep", "load_sweep"),
+    "sweep": ("SweepSummary", "run_sweep"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

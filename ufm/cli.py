@@ -227,6 +227,57 @@ def cmd_landscape(args) -> int:
     return code
 
 
+def cmd_sweep(args) -> int:
+    from .grid import AXES, build_grid, load_toml
+    from .store import export_sweep
+    from .sweep import render_summary, run_sweep
+
+    file_values = load_toml(args.config) if args.config else {}
+    flags = {name: getattr(args, f"grid_{name}") for name in AXES}
+    flags.update(solver=args.solver, gtol=args.gtol, max_steps=args.max_steps, init_scale=args.init_scale,
+                 hessian=args.hessian, census=args.census, analyze=True if args.analyze else None)
+    grid = build_grid(file_values, flags)
+    store = args.store or file_values.get("store") or "ufm-sweep.db"
+    workers = args.workers or file_values.get("workers") or "auto"
+    executor = args.executor or file_values.get("executor") or "local"
+    address = args.address or file_values.get("address")
+    exports = args.export or file_values.get("export") or []
+    exports = [exports] if isinstance(exports, str) else list(exports)
+    for out in exports:
+        if not out.lower().endswith((".csv", ".parquet")):
+            from .errors import UFMInputError
+            raise UFMInputError("--export", out, "the file must end in .csv or .parquet")
+    n_points = len(grid.validate())
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_points, unit="pt", desc="sweep", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(k, failures):
+        if bar is not None:
+            bar.update(k)
+            bar.set_postfix(failures=failures)
+
+    summary = run_sweep(grid, store, workers=workers, executor=executor, address=address, progress=progress)
+    if bar is not None:
+        bar.close()
+    for out in exports:
+        export_sweep(store, out)
+    if args.json:
+        from .report import to_json
+        import dataclasses
+
+        print(to_json({**dataclasses.asdict(summary), "store": store, "exports": exports}))
+    elif not args.quiet or summary.interrupted:
+        print(render_summary(summary, store))
+        for out in exports:
+            print(f"exported {out}")
+    if summary.interrupted:
+        return 130
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -259,6 +310,47 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-escape", action="store_true", help="skip the escape runs from strict saddles")
     lp.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     lp.set_defaults(func=cmd_landscape)
+
+    sw = sub.add_parser("sweep", help="solve (and analyse) every point of a grid over K, d, n, λ, losses, seeds",
+                        description="Sweep a grid of UFM instances into a resumable SQLite store.\n\n"
+                                    "Each grid flag takes a list (3,4,10), log:START:STOP:NUM, lin:START:STOP:NUM or\n"
+                                    "range:START:STOP[:STEP]; a TOML file (--config) takes the same keys, and flags win.\n"
+                                    "Kill it at any time and rerun the same command: finished points are kept.\n\n"
+                                    "example:\n  ufm sweep -K 3,4,5 -d 8 -n 5 --lam log:1e-3:1e-1:5 --loss ce,ls --analyze "
+                                    "--store grid.db --export grid.csv",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    gg = sw.add_argument_group("grid (lists or ranges)")
+    for name, flag, help_text in [("K", "-K", "classes K (default 10)"), ("d", "-d", "feature dimension (default 64)"),
+                                  ("n", "-n", "samples per class (default 100)"),
+                                  ("lam", "--lam", "λ_W = λ_H = λ_b tied (default 5e-4)"),
+                                  ("lam_W", "--lam-w", "λ_W values (override --lam)"),
+                                  ("lam_H", "--lam-h", "λ_H values (override --lam)"),
+                                  ("lam_b", "--lam-b", "λ_b values (0 = free bias)"),
+                                  ("loss", "--loss", "losses: ce, fl, ls, mse, module:function (default ce)"),
+                                  ("gamma", "--gamma", "FL γ values (default 2)"), ("alpha", "--alpha", "LS α values (default 0.1)"),
+                                  ("kappa", "--kappa", "MSE κ values (default 1)"), ("beta", "--beta", "MSE β values (default 1)"),
+                                  ("bias", "--bias", "bias modes: regularized, free, none (default regularized)"),
+                                  ("seed", "--seed", "initialisation seeds (default 0)")]:
+        gg.add_argument(flag, dest=f"grid_{name}", metavar="SPEC", help=help_text)
+    go = sw.add_argument_group("at each point")
+    go.add_argument("--solver", help="as for ufm solve (default auto)")
+    go.add_argument("--gtol", type=_float, help="stop at ‖∇f‖ ≤ gtol (default 1e-9)")
+    go.add_argument("--max-steps", type=_int_min(1), help="solver step bound (default 10000)")
+    go.add_argument("--init-scale", type=_float, help="initialisation scale (default 0.1)")
+    go.add_argument("--analyze", action="store_true", help="also classify the solution and the origin by their Hessians")
+    go.add_argument("--census", type=_int_min(0), help="also run a census of N starts at each point")
+    go.add_argument("--hessian", choices=("auto", "dense", "lanczos"), help="Hessian method for --analyze/--census")
+    gx = sw.add_argument_group("execution and output")
+    gx.add_argument("--config", metavar="GRID.toml", help="read the grid and options from a TOML file")
+    gx.add_argument("--store", metavar="PATH.db", help="SQLite results store, resumable (default ufm-sweep.db)")
+    gx.add_argument("--workers", type=_int_min(1), help="worker processes (default: 1 for under 20 points to compute, "
+                    "else one per core up to the number of distinct shapes)")
+    gx.add_argument("--executor", choices=("local", "dask"), help="local processes, or a Dask cluster (default local)")
+    gx.add_argument("--address", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
+    gx.add_argument("--export", action="append", metavar="FILE", help="write the table as .csv or .parquet (repeatable)")
+    gx.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    gx.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    sw.set_defaults(func=cmd_sweep)
     return parser
 
 
