@@ -157,3 +157,19 @@ def test_dask_executor_gives_the_local_rows(tmp_path):
     local = ufm.load_sweep(tmp_path / "local.db").drop(columns=VOLATILE)
     dask = ufm.load_sweep(tmp_path / "dask.db").drop(columns=VOLATILE)
     pd.testing.assert_frame_equal(local, dask, check_exact=False, rtol=1e-10, atol=1e-12)
+
+
+def test_dask_executor_at_an_address(tmp_path):
+    # an existing cluster on loopback, reached by its scheduler address, as `--executor dask --address` does
+    distributed = pytest.importorskip("dask.distributed")
+    grid = build_grid(flag_values=dict(K="3", d="2,3", n="2", lam="0.02"))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  host="127.0.0.1") as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        code = main(["sweep", "-K", "3", "-d", "2,3", "-n", "2", "--lam", "0.02", "--executor", "dask",
+                     "--address", cluster.scheduler_address, "--store", str(tmp_path / "addr.db"), "--quiet"])
+    assert code == 0
+    run_sweep(grid, tmp_path / "local.db", workers=1)
+    pd.testing.assert_frame_equal(ufm.load_sweep(tmp_path / "addr.db").drop(columns=VOLATILE),
+                                  ufm.load_sweep(tmp_path / "local.db").drop(columns=VOLATILE),
+                                  check_exact=False, rtol=1e-10, atol=1e-12)

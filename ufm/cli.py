@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     gx = sw.add_argument_group("execution and output")
     gx.add_argument("--config", metavar="GRID.toml", help="read the grid and options from a TOML file")
     gx.add_argument("--store", metavar="PATH.db", help="SQLite results store, resumable (default ufm-sweep.db)")
-    gx.add_argument("--workers", type=_int_min(1), help="worker processes (default: 1 for under 20 points to compute, "
+    gx.add_argument("--workers", type=_int_min(1), help="worker processes (default: in-process on ≤ 2 cores or under 20 points, "
                     "else one per core up to the number of distinct shapes)")
     gx.add_argument("--executor", choices=("local", "dask"), help="local processes, or a Dask cluster (default local)")
     gx.add_argument("--address", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")

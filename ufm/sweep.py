@@ -1,8 +1,9 @@
 """Running a sweep: every grid point solved (and, on request, analysed and censused), rows into the store.
 
-Execution was chosen by measurement (benchmarks/bench_sweep.py, README): on this 2-core CPU a loop of one jitted
-solve per point beat ``vmap`` (design.md §4), and worker processes pinned to one XLA thread each scale the loop.
-Points are ordered by shape, so each worker compiles each shape once and reuses it for every λ and seed. Only the
+Execution was chosen by measurement (benchmarks/bench_sweep.py, README): on a 2-core CPU a loop of one jitted
+solve per point beat ``vmap`` (design.md §4), and one in-process loop was as fast as two single-threaded worker
+processes (``auto_workers``). Points are ordered by shape and a shape's points go to one worker together, so each
+shape compiles once and is reused for every λ and seed. Only the
 parent writes the store; an interrupted sweep resumes by rerunning the same command.
 """
 
@@ -173,12 +174,14 @@ def _evaluate_group(args):
 
 
 def auto_workers(todo) -> int:
-    """Measured (benchmarks/bench_sweep.py): a worker process costs ~3 s to start JAX, and one process already keeps
-    2 cores busy in XLA, so small sweeps run in-process; larger ones use one single-threaded worker per core, but
-    never more than there are shapes, since a shape is compiled on one worker."""
-    if len(todo) < 20:
+    """Measured on the 2-core development machine (benchmarks/bench_sweep.py, README): one in-process loop keeps
+    both cores busy in XLA, and two single-threaded workers were 0.92× (100 points, 20 shapes, compile-bound) to
+    1.2× (100 points, 4 shapes, n = 1000) of it while each costs ~3 s to start JAX. So: in-process on ≤ 2 cores or
+    under 20 points; otherwise one worker per core, never more than the shapes (a shape compiles on one worker)."""
+    cores = os.cpu_count() or 1
+    if len(todo) < 20 or cores <= 2:
         return 1
-    return max(1, min(os.cpu_count() or 1, len(_shape_groups(todo))))
+    return max(1, min(cores, len(_shape_groups(todo))))
 
 
 def _run_processes(todo, options, workers, record):
