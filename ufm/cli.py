@@ -118,18 +118,22 @@ def render_solution(rec: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_save_folder(path):
+    if path is not None:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            from .errors import UFMInputError
+            raise UFMInputError("--save", path, f"its folder {folder} does not exist")
+
+
 def cmd_solve(args) -> int:
     from .report import save_npz, solution_record, to_json
     from .solvers import solve
 
-    if args.save is not None:
-        folder = os.path.dirname(os.path.abspath(args.save))
-        if not os.path.isdir(folder):
-            from .errors import UFMInputError
-            raise UFMInputError("--save", args.save, f"its folder {folder} does not exist")
+    _check_save_folder(args.save)
     problem = problem_from_args(args)
     sol = solve(problem, solver=args.solver, gtol=args.gtol, max_steps=args.max_steps, seed=args.seed,
-                init_scale=args.init_scale, dtype=args.dtype, lr=args.lr)
+                init_scale=args.init_scale, dtype=args.dtype, lr=args.lr, trace_every=args.trace_every)
     rec = solution_record(sol)
     if args.save is not None:
         save_npz(sol, args.save, rec)
@@ -184,6 +188,7 @@ def cmd_landscape(args) -> int:
     from .solvers import solve
 
     problem = problem_from_args(args)
+    _check_save_folder(args.save)
     if args.grad_tol <= 0:
         from .errors import UFMInputError
         raise UFMInputError("--grad-tol", args.grad_tol, "must be > 0")
@@ -223,7 +228,12 @@ def cmd_landscape(args) -> int:
                          "zero_tol_rule": "given" if args.zero_tol else "max(1e-8·‖∇²f‖₂, 1e2·‖∇f‖)"}
     rec["critical_points"] = [p.record() for p in points]
     rec = _clean(rec)
+    if args.save:
+        from .landscape import save_landscape
+        save_landscape(problem, points, rec, args.save)
     print(to_json(rec) if args.json else render_landscape(rec))
+    if args.save and not args.json:
+        print(f"saved spectra and slices to {args.save}")
     return code
 
 
@@ -278,6 +288,56 @@ def cmd_sweep(args) -> int:
     return EXIT_OK
 
 
+PLOT_KINDS = ("etf", "dynamics", "spectrum", "phase", "slice")
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def cmd_plot(args) -> int:
+    from .errors import UFMInputError
+
+    ext = os.path.splitext(args.output)[1].lower()
+    if ext not in PLOT_FORMATS:
+        raise UFMInputError("-o", args.output, f"the image must end in {', '.join(PLOT_FORMATS)}")
+    _check_save_folder(args.output)
+    if len(args.results) > 1 and args.kind not in ("etf", "dynamics"):
+        raise UFMInputError("RESULT", " ".join(args.results), f"`ufm plot {args.kind}` takes one result")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    need = {"etf": "solution", "dynamics": "solution", "spectrum": "landscape", "slice": "landscape", "phase": "sweep"}
+    results = [plots.load_result(p, need[args.kind]) for p in args.results]
+    if args.kind == "etf":
+        n = len(results)
+        fig = plt.figure(figsize=(5 * n, 5))
+        for i, res in enumerate(results):
+            three = res["W"].shape[0] >= 4
+            ax = fig.add_subplot(1, n, i + 1, projection="3d" if three else None)
+            plots.plot_etf(ax, res)
+    elif args.kind == "dynamics":
+        fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+        plots.plot_dynamics(axes, results)
+    elif args.kind == "spectrum":
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        plots.plot_spectrum(ax, results[0], args.point)
+    elif args.kind == "phase":
+        fig, ax = plt.subplots(figsize=(7, 5))
+        plots.plot_phase(ax, results[0], x=args.x, y=args.y, color=args.color)
+    else:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        plots.plot_slice(a1, a2, results[0], args.point)
+    fig.tight_layout()
+    tmp = f"{args.output}.partial{ext}"
+    fig.savefig(tmp, dpi=args.dpi)
+    os.replace(tmp, args.output)
+    plt.close(fig)
+    print(f"wrote {args.output}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -291,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_problem_flags(sp)
     sp.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     sp.add_argument("--save", metavar="PATH.npz", help="write W, H, b, labels and the record to an .npz")
+    sp.add_argument("--trace-every", type=_int_min(0), default=0, metavar="K",
+                    help="with --save: keep every K-th iterate's NC metrics for `ufm plot dynamics` (default 0: off)")
     sp.set_defaults(func=cmd_solve)
 
     lp = sub.add_parser("landscape", help="Hessian spectra and classification of critical points (saddles, minima)",
@@ -309,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--zero-tol", type=_float, help="|eigenvalue| at or below it is zero (default max(1e-8‖∇²f‖, 1e2‖∇f‖))")
     g.add_argument("--no-escape", action="store_true", help="skip the escape runs from strict saddles")
     lp.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    lp.add_argument("--save", metavar="PATH.npz", help="write the record, the dense spectra and f-slices through each "
+                    "point (for `ufm plot spectrum` and `ufm plot slice`)")
     lp.set_defaults(func=cmd_landscape)
 
     sw = sub.add_parser("sweep", help="solve (and analyse) every point of a grid over K, d, n, λ, losses, seeds",
@@ -351,6 +415,25 @@ def build_parser() -> argparse.ArgumentParser:
     gx.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     gx.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     sw.set_defaults(func=cmd_sweep)
+
+    pp = sub.add_parser("plot", help="figures from saved results: etf, dynamics, spectrum, phase, slice",
+                        description="Draw a figure from saved results (never solves).\n\n"
+                                    "  etf       RESULT.npz… (ufm solve --save): simplex-ETF geometry, one panel each\n"
+                                    "  dynamics  RESULT.npz… (ufm solve --trace-every K --save): NC metrics vs iteration\n"
+                                    "  spectrum  LAND.npz (ufm landscape --hessian dense --save): Hessian eigenvalues\n"
+                                    "  phase     SWEEP.db (ufm sweep): heatmap with the trivial-collapse boundary\n"
+                                    "  slice     LAND.npz: f along the negative-curvature direction and a random one\n\n"
+                                    "example: ufm plot etf ce.npz ls.npz -o etf.png",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pp.add_argument("kind", choices=PLOT_KINDS, metavar="KIND", help=" | ".join(PLOT_KINDS))
+    pp.add_argument("results", nargs="+", metavar="RESULT", help="saved result file(s)")
+    pp.add_argument("-o", "--output", required=True, metavar="FILE", help="image file: .png, .pdf or .svg")
+    pp.add_argument("--point", type=_int_min(0), default=0, help="spectrum/slice: which critical point (default 0)")
+    pp.add_argument("--color", default="NC2_W", help="phase: the column that colours the map (default NC2_W)")
+    pp.add_argument("-x", default="K", help="phase: horizontal axis column (default K)")
+    pp.add_argument("-y", default="lam_W", help="phase: vertical axis column (default lam_W)")
+    pp.add_argument("--dpi", type=_int_min(30), default=130, help="raster resolution (default 130)")
+    pp.set_defaults(func=cmd_plot)
     return parser
 
 

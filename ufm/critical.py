@@ -74,6 +74,7 @@ class CriticalPoint:
     escape: Optional[dict] = None
     label: str = ""
     found: int = 1
+    eigenvalues: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)   # dense path: all of them
 
     def record(self) -> dict:
         keys = ["label", "objective", "grad_norm", "min_eig", "max_eig", "min_eig_deflated", "n_negative", "n_zero",
@@ -223,7 +224,7 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
             n_negative=n_neg, n_zero=n_zero, expected_zero_modes=tangent.dim, rank_W=tangent.rank,
             classification=cls, eig_residual=float(residual), hessian_method=method, zero_tol=ztol,
             theory_objective=f_star, certificate=certificate(problem, W, H, b), nc_direction=direction,
-            x=x, min_eigvec=np.asarray(vmin), label=label,
+            x=x, min_eigvec=np.asarray(vmin), label=label, eigenvalues=theta if method == "dense" else None,
         )
 
 

@@ -95,3 +95,42 @@ def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian:
             if cp.classification == "strict_saddle":
                 cp.escape = escape(problem, cp, hessian=hessian, tolerances=tolerances)
     return Census(unique, starts, converged, time.perf_counter() - t0)
+
+
+def slices(problem: Problem, point: CriticalPoint, *, num: int = 61, num2d: int = 41, seed: int = 0) -> dict:
+    """f along the point's lowest-curvature eigenvector v and a random unit direction r (seeded), in 1-D
+    (f(x + tv), f(x + tr)) and on the 2-D grid f(x + tv + sr), with t, s ∈ [−T, T], T = max(1, ‖x‖/2)."""
+    x = point.x
+    v = point.min_eigvec / np.linalg.norm(point.min_eigvec)
+    r = np.random.default_rng(seed).standard_normal(x.size)
+    r -= (r @ v) * v
+    r /= np.linalg.norm(r)
+    T = max(1.0, 0.5 * float(np.linalg.norm(x)))
+    t = np.linspace(-T, T, num)
+    s2 = np.linspace(-T, T, num2d)
+    with jax.enable_x64(True):
+        reg = Reg(*(jnp.asarray(val, jnp.float64) for val in problem.reg))
+        f = jax.jit(jax.vmap(lambda y: flat_objective(y, reg, problem.shape)))
+        along = lambda a, dirn: np.asarray(f(jnp.asarray(x[None, :] + a[:, None] * dirn[None, :])))
+        A, B = np.meshgrid(s2, s2, indexing="ij")
+        grid = np.asarray(f(jnp.asarray(x[None, :] + A.reshape(-1, 1) * v[None, :] + B.reshape(-1, 1) * r[None, :])))
+    return {"t": t, "f_eig": along(t, v), "f_rand": along(t, r), "s2": s2, "f_grid": grid.reshape(num2d, num2d)}
+
+
+def save_landscape(problem: Problem, points: list, record: dict, path) -> None:
+    """An .npz for ``ufm plot spectrum`` and ``ufm plot slice``: the JSON record, and per point i ``eigs_i`` (dense
+    path) and the slices ``slice_i_*`` through it."""
+    import os
+
+    from .report import to_json
+
+    arrays = {"record": np.asarray(to_json(record)), "kind": np.asarray("landscape")}
+    for i, cp in enumerate(points):
+        if cp.eigenvalues is not None:
+            arrays[f"eigs_{i}"] = cp.eigenvalues
+        for k, val in slices(problem, cp).items():
+            arrays[f"slice_{i}_{k}"] = val
+    path = os.fspath(path)
+    tmp = f"{path}.partial.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)

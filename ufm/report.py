@@ -83,14 +83,26 @@ def to_json(record: dict) -> str:
     return json.dumps(_clean(record), indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
 
 
+def trace_metrics(sol: Solution) -> dict:
+    """NC metrics of every snapshot of a traced solve, as arrays ``trace_NC1``, … aligned with ``trace_steps``."""
+    from .objective import unflatten
+
+    p = sol.problem
+    rows = [_nc_or_nan(*unflatten(x, p.shape), p) for x in sol.trace_params]
+    return {f"trace_{k}": np.array([r[k] for r in rows]) for k in ("NC1", "NC2_W", "NC2_H", "NC3", "NC4")}
+
+
 def save_npz(sol: Solution, path, record: dict | None = None) -> None:
-    """``W`` (K×d), ``H`` (d×N), ``b`` (K; absent without a bias), ``labels`` (N), and the record as JSON text."""
+    """``W`` (K×d), ``H`` (d×N), ``b`` (K; absent without a bias), ``labels`` (N), the record as JSON text, the
+    f / ‖∇f‖ traces and, for a traced solve, ``trace_steps`` with the NC metrics of each snapshot."""
     W, H, b = sol.params
     arrays = dict(W=np.asarray(W), H=np.asarray(H), labels=sol.problem.labels,
                   trace_objective=sol.trace_objective, trace_grad_norm=sol.trace_grad_norm,
                   record=np.asarray(to_json(record if record is not None else solution_record(sol))))
     if b is not None:
         arrays["b"] = np.asarray(b)
+    if sol.trace_params is not None:
+        arrays.update(trace_steps=sol.trace_steps, **trace_metrics(sol))
     path = os.fspath(path)
     tmp = f"{path}.partial.npz"           # write then rename: an interrupted save never leaves a truncated file
     np.savez(tmp, **arrays)

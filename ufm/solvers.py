@@ -49,18 +49,22 @@ class RunResult(NamedTuple):
     status: jax.Array
     f_trace: jax.Array
     g_trace: jax.Array
+    snapshots: jax.Array
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The one loop every solver shares: evaluate, record, test the stopping rules, update.
 
 
-def _loop(init, value_grad, update, x0, gtol, max_steps, patience: int, trace_len: int):
+def _loop(init, value_grad, update, x0, gtol, max_steps, patience: int, trace: tuple):
     """Iterate ``update`` from x0 until ‖∇f‖ ≤ gtol, a non-finite value, ``max_steps`` updates (traced, ≤
-    ``trace_len``), or no new best gradient norm (by 0.1%) in ``patience`` consecutive steps. Records f and ‖∇f‖
-    at every evaluated iterate in buffers of static length ``trace_len + 1``."""
+    ``trace[0]``), or no new best gradient norm (by 0.1%) in ``patience`` consecutive steps. Records f and ‖∇f‖
+    at every evaluated iterate in buffers of static length ``trace[0] + 1``, and, when ``trace[1] > 0``, the
+    iterate itself every ``trace[1]`` steps (for NC dynamics)."""
+    trace_len, every = trace
     dtype = x0.dtype
     nan = jnp.full((trace_len + 1,), jnp.nan, dtype)
+    snaps0 = jnp.full((trace_len // every + 1 if every else 0, x0.size), jnp.nan, dtype)
 
     def cond(c):
         return c["status"] == _RUNNING
@@ -84,15 +88,17 @@ def _loop(init, value_grad, update, x0, gtol, max_steps, patience: int, trace_le
             x=x_next, state=state_next, k=jnp.where(keep, k, k + 1), status=status, f=f, gnorm=gnorm,
             best=jnp.minimum(c["best"], gnorm), since=since,
             f_trace=c["f_trace"].at[k].set(f), g_trace=c["g_trace"].at[k].set(gnorm),
+            snaps=c["snaps"] if not every else c["snaps"].at[k // every].set(
+                jnp.where(k % every == 0, x, c["snaps"][k // every])),
         )
 
     c0 = dict(
         x=x0, state=init(x0), k=jnp.asarray(0, jnp.int32), status=jnp.asarray(_RUNNING, jnp.int32),
         f=jnp.asarray(jnp.nan, dtype), gnorm=jnp.asarray(jnp.nan, dtype), best=jnp.asarray(jnp.inf, dtype),
-        since=jnp.asarray(0, jnp.int32), f_trace=nan, g_trace=nan,
+        since=jnp.asarray(0, jnp.int32), f_trace=nan, g_trace=nan, snaps=snaps0,
     )
     c = jax.lax.while_loop(cond, body, c0)
-    return RunResult(c["x"], c["f"], c["gnorm"], c["k"], c["status"], c["f_trace"], c["g_trace"])
+    return RunResult(c["x"], c["f"], c["gnorm"], c["k"], c["status"], c["f_trace"], c["g_trace"], c["snaps"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -115,7 +121,7 @@ class LBFGS:
     patience: int = 200
     name = "lbfgs"
 
-    def run(self, x0, reg, shape, gtol, max_steps, trace_len):
+    def run(self, x0, reg, shape, gtol, max_steps, trace):
         f, _, _ = _derivatives(reg, shape)
         opt = optax.lbfgs(memory_size=self.memory,
                           linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=30))
@@ -125,7 +131,7 @@ class LBFGS:
             u, state = opt.update(g, state, x, value=v, grad=g, value_fn=f)
             return x + u, state
 
-        return _loop(opt.init, lambda x, s: vg(x, state=s), update, x0, gtol, max_steps, self.patience, trace_len)
+        return _loop(opt.init, lambda x, s: vg(x, state=s), update, x0, gtol, max_steps, self.patience, trace)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +143,7 @@ class FirstOrder:
     patience: int = 10**9  # first-order methods make slow monotone progress; only max_steps stops them
     name = "first-order"
 
-    def run(self, x0, reg, shape, gtol, max_steps, trace_len):
+    def run(self, x0, reg, shape, gtol, max_steps, trace):
         f, vg, _ = _derivatives(reg, shape)
         opt = {
             "gd": lambda: optax.sgd(self.lr),
@@ -149,7 +155,7 @@ class FirstOrder:
             u, state = opt.update(g, state, x)
             return x + u, state
 
-        return _loop(opt.init, lambda x, s: vg(x), update, x0, gtol, max_steps, self.patience, trace_len)
+        return _loop(opt.init, lambda x, s: vg(x), update, x0, gtol, max_steps, self.patience, trace)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +168,7 @@ class NewtonCG:
     patience: int = 25
     name = "newton-cg"
 
-    def run(self, x0, reg, shape, gtol, max_steps, trace_len):
+    def run(self, x0, reg, shape, gtol, max_steps, trace):
         f, vg, hvp_at = _derivatives(reg, shape)
         cg_max = self.cg_max
 
@@ -210,7 +216,7 @@ class NewtonCG:
             c = jax.lax.while_loop(ls_cond, ls_body, dict(t=jnp.asarray(1.0, x.dtype), j=0, ok=False))
             return jnp.where(c["ok"], x + c["t"] * p, x), state
 
-        return _loop(lambda x: (), lambda x, s: vg(x), update, x0, gtol, max_steps, self.patience, trace_len)
+        return _loop(lambda x: (), lambda x, s: vg(x), update, x0, gtol, max_steps, self.patience, trace)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +231,7 @@ class LevenbergMarquardt:
     patience: int = 60
     name = "lm"
 
-    def run(self, x0, reg, shape, gtol, max_steps, trace_len):
+    def run(self, x0, reg, shape, gtol, max_steps, trace):
         f, vg, hvp_at = _derivatives(reg, shape)
 
         def update(x, c, v, g):
@@ -239,7 +245,7 @@ class LevenbergMarquardt:
             return jnp.where(ok, x + p, x), jnp.where(ok, jnp.maximum(c / 4.0, 1e-12), jnp.minimum(c * 4.0, 1e12))
 
         return _loop(lambda x: jnp.asarray(1.0, x.dtype), lambda x, s: vg(x), update, x0, gtol, max_steps,
-                     self.patience, trace_len)
+                     self.patience, trace)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,11 +286,11 @@ def as_solver(solver="auto", *, lr: Optional[float] = None):
     return FirstOrder(solver, default_lr if lr is None else float(lr))
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "shape", "trace_len"))
-def _run_jit(solver, x0, reg, shape, gtol, max_steps, trace_len):
+@functools.partial(jax.jit, static_argnames=("solver", "shape", "trace"))
+def _run_jit(solver, x0, reg, shape, gtol, max_steps, trace):
     # The step budget is traced and only the trace length is static, so every stage of every solve with the same
     # --max-steps reuses one compilation.
-    return solver.run(x0, reg, shape, gtol, max_steps, trace_len)
+    return solver.run(x0, reg, shape, gtol, max_steps, trace)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -314,6 +320,8 @@ class Solution:
     trace_objective: np.ndarray
     trace_grad_norm: np.ndarray
     stage_steps: tuple = ()
+    trace_steps: Optional[np.ndarray] = None       # iterate numbers of the snapshots in trace_params
+    trace_params: Optional[np.ndarray] = None      # (snapshots, #params) flat iterates, with trace_every > 0
 
     @property
     def converged(self) -> bool:
@@ -345,13 +353,14 @@ def _validate_run_args(seed, init_scale, gtol, max_steps, dtype):
 
 def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, max_steps: int = 10000, seed: int = 0,
           init_scale: float = 0.1, init: Optional[Params] = None, dtype: str = "float64", lr=None,
-          throw: bool = False, **problem_kwargs) -> Solution:
+          trace_every: int = 0, throw: bool = False, **problem_kwargs) -> Solution:
     """Minimise objective (7) for ``problem`` (or ``Problem.create(**problem_kwargs)``) until ‖∇f‖ ≤ gtol.
 
     ``solver``: ``auto`` (Newton-CG; on a stall L-BFGS then Newton-CG again), ``lbfgs``, ``newton``, ``gd``, ``momentum``, ``adam``
     or a solver object. ``max_steps`` bounds the total updates over all stages. Runs in float64 by default inside a
     scoped ``jax.enable_x64`` (the global JAX config is left alone). ``throw=True`` raises
-    :class:`NotConvergedError` unless the status is CONVERGED.
+    :class:`NotConvergedError` unless the status is CONVERGED. ``trace_every = k > 0`` also keeps every k-th iterate
+    (``Solution.trace_params``, for NC dynamics; memory ~ max_steps/k × #params).
 
     >>> sol = solve(K=4, d=4, n=5, lam=5e-3)            # doctest: +SKIP
     >>> sol.status.name, sol.grad_norm < 1e-9           # doctest: +SKIP
@@ -362,6 +371,8 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, max_ste
     elif problem_kwargs:
         raise UFMInputError("problem", sorted(problem_kwargs), "pass either a Problem or its keyword arguments, not both")
     _validate_run_args(seed, init_scale, gtol, max_steps, dtype)
+    if isinstance(trace_every, bool) or not isinstance(trace_every, (int, np.integer)) or trace_every < 0:
+        raise UFMInputError("--trace-every", trace_every, "must be an integer ≥ 0 (0: no snapshots)")
     solver_obj = as_solver(solver, lr=lr)
     solver_name = solver if isinstance(solver, str) else solver_obj.name
     shape = problem.shape
@@ -374,16 +385,22 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, max_ste
             init = init_params(problem, seed, init_scale, dtype)
         x = jnp.asarray(flatten(to_np_params(init, dtype), xp=np), dtype=dtype)
         reg = Reg(*(jnp.asarray(v, dtype) for v in problem.reg))
-        f_tr, g_tr, stage_steps = [], [], []
+        f_tr, g_tr, stage_steps, snaps, snap_steps = [], [], [], [], []
         steps_left = max_steps
         for i, stage in enumerate(stages):
             tol = gtol if stage_gtol[i] is None else max(gtol, stage_gtol[i])
-            r = _run_jit(stage, x, reg, shape, jnp.asarray(tol, dtype), jnp.asarray(steps_left, jnp.int32), max_steps)
+            r = _run_jit(stage, x, reg, shape, jnp.asarray(tol, dtype), jnp.asarray(steps_left, jnp.int32),
+                         (max_steps, trace_every))
             steps = int(r.steps)
             status = Status(int(r.status))
             first = 0 if i == 0 else 1         # a stage starts where the last one ended: record that point once
             f_tr.append(np.asarray(r.f_trace[first: steps + 1]))
             g_tr.append(np.asarray(r.g_trace[first: steps + 1]))
+            if trace_every:
+                local = np.arange(first, steps + 1)
+                local = local[local % trace_every == 0]
+                snap_steps.append(local + (max_steps - steps_left))
+                snaps.append(np.asarray(r.snapshots)[local // trace_every])
             stage_steps.append(steps)
             steps_left -= steps
             x = r.x
@@ -402,6 +419,8 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, max_ste
         status=status, message=MESSAGES[status], solver=solver_name, gtol=float(gtol), seed=int(seed),
         init_scale=float(init_scale), dtype=dtype, wall_time=wall,
         trace_objective=np.concatenate(f_tr), trace_grad_norm=np.concatenate(g_tr), stage_steps=tuple(stage_steps),
+        trace_steps=np.concatenate(snap_steps) if trace_every else None,
+        trace_params=np.concatenate(snaps).astype(np.float64) if trace_every else None,
     )
     if throw and not sol.converged:
         raise NotConvergedError(sol)
