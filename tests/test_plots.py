@@ -129,14 +129,3 @@ def test_bad_image_extension_exits_2(saved, tmp_path, capsys):
     assert main(["plot", "etf", str(saved["etf3"]), "-o", str(tmp_path / "x.bmp")]) == 2
     assert "-o" in capsys.readouterr().err
 
-
-def test_etf_geometry_experiment_regenerates_its_figures(tmp_path):
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "experiments/etf_geometry.py", "--out", str(tmp_path)], capture_output=True,
-                       text=True, timeout=300, cwd=__import__("pathlib").Path(__file__).parents[1])
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path / "etf_k3.png").stat().st_size > 10000 and (tmp_path / "etf_k4.png").stat().st_size > 10000
-    table = (tmp_path / "etf_geometry.md").read_text()
-    assert table.count("| converged |") == 8

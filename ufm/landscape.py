@@ -43,20 +43,25 @@ def same_orbit(problem: Problem, x1, x2, rtol: float = 1e-6) -> bool:
     return bool(np.linalg.norm(b1 - b2) <= rtol * max(1.0, np.linalg.norm(b1)))
 
 
-def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances=Tolerances(), gtol=1e-9) -> dict:
+def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances=Tolerances(), gtol=1e-9,
+           max_hops: int = 5) -> dict:
     """Step from a strict saddle along its negative-curvature eigenvector (the sign that lowers f), minimise with
-    the default solver, and classify where it lands."""
-    x = point.x
-    v = point.min_eigvec / np.linalg.norm(point.min_eigvec)
-    step = 1e-2 * max(1.0, np.linalg.norm(x) / np.sqrt(x.size) * np.sqrt(x.size))
-    with jax.enable_x64(True):
-        reg = Reg(*problem.reg)
-        f = lambda y: float(flat_objective(jnp.asarray(y), reg, problem.shape))
-        start = min((x + step * v, x - step * v), key=f)
-    sol = solve(problem, init=unflatten(start, problem.shape), gtol=gtol)
-    landed = analyze_point(problem, sol.params, hessian=hessian, tolerances=tolerances)
+    the default solver, and classify where it lands. A descent solver can stall on a lower saddle (‖∇f‖ ≤ gtol
+    there too); then escape again from that one, up to ``max_hops`` times, and report the hops."""
+    landed, hops, steps, status = point, 0, 0, "converged"
+    while landed.classification == "strict_saddle" and hops < max_hops:
+        x = landed.x
+        v = landed.min_eigvec / np.linalg.norm(landed.min_eigvec)
+        step = 1e-2 * max(1.0, float(np.linalg.norm(x)))
+        with jax.enable_x64(True):
+            reg = Reg(*(jnp.asarray(val, jnp.float64) for val in problem.reg))
+            f = lambda y: float(flat_objective(jnp.asarray(y), reg, problem.shape))
+            start = min((x + step * v, x - step * v), key=f)
+        sol = solve(problem, init=unflatten(start, problem.shape), gtol=gtol)
+        landed = analyze_point(problem, sol.params, hessian=hessian, tolerances=tolerances)
+        hops, steps, status = hops + 1, steps + sol.steps, sol.status.name.lower()
     return {"objective": landed.objective, "classification": landed.classification, "grad_norm": landed.grad_norm,
-            "steps": sol.steps, "status": sol.status.name.lower()}
+            "steps": steps, "status": status, "hops": hops}
 
 
 @dataclasses.dataclass
@@ -114,7 +119,7 @@ def slices(problem: Problem, point: CriticalPoint, *, num: int = 61, num2d: int 
         along = lambda a, dirn: np.asarray(f(jnp.asarray(x[None, :] + a[:, None] * dirn[None, :])))
         A, B = np.meshgrid(s2, s2, indexing="ij")
         grid = np.asarray(f(jnp.asarray(x[None, :] + A.reshape(-1, 1) * v[None, :] + B.reshape(-1, 1) * r[None, :])))
-    return {"t": t, "f_eig": along(t, v), "f_rand": along(t, r), "s2": s2, "f_grid": grid.reshape(num2d, num2d)}
+        return {"t": t, "f_eig": along(t, v), "f_rand": along(t, r), "s2": s2, "f_grid": grid.reshape(num2d, num2d)}
 
 
 def save_landscape(problem: Problem, points: list, record: dict, path) -> None:
