@@ -62,7 +62,7 @@ def main():
              f"the non-trivial ones (non-zero: the simplex ETF does not fit): min "
              f"{df['NC2_W'][~fits & (df['W_fro_sq'] > 1e-8)].min():.2f}, max "
              f"{df['NC2_W'][~fits & (df['W_fro_sq'] > 1e-8)].max():.2f}; NC1 max {df['NC1'][~fits].max():.1e}",
-             f"- classes: " + ", ".join(f"{v} {k}" for k, v in df["classification"].value_counts().items()),
+             "- classes: " + ", ".join(f"{v} {k}" for k, v in df["classification"].value_counts().items()),
              f"- converged: {int(df['converged'].sum())}/{len(df)}; {time.perf_counter() - t0:.0f} s", ""]
 
     big_d = df[df["d"] == df["d"].max()]

@@ -6,7 +6,7 @@ import pytest
 
 import ufm
 from ufm.landscape import census, same_orbit
-from ufm.critical import (Tolerances, analyze_point, mse_saddle_point, negative_curvature_direction, origin,
+from ufm.critical import (Tolerances, analyze_point, mse_saddle_point, origin,
                           origin_min_eig_theory)
 from ufm.objective import flatten
 from ufm.theory import phi_prime0

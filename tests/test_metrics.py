@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.metrics import (bias_residual, equiangularity, equinorm, max_angle, nc1, nc2_classifier, nc2_means, nc3, nc4,
+from ufm.metrics import (bias_residual, equiangularity, equinorm, max_angle, nc1, nc2_classifier, nc2_means, nc4,
                          nc_metrics, simplex_etf_gram)
 from ufm.theory import theory_point
 

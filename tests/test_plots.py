@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-import ufm
+
 from ufm import plots
 from ufm.cli import main
 

@@ -202,7 +202,7 @@ def phase_table(df, x: str = "K", y: str = "lam_W", color: str = "NC2_W"):
     import pandas as pd
 
     if color not in df.columns:
-        raise UFMInputError("--color", color, f"not a column of the sweep; try NC2_W, theory_rel_gap, classification")
+        raise UFMInputError("--color", color, "not a column of the sweep; try NC2_W, theory_rel_gap, classification")
     if not pd.api.types.is_numeric_dtype(df[color]) or pd.api.types.is_bool_dtype(df[color]):
         codes = {v: i for i, v in enumerate(sorted(df[color].dropna().unique()))}
         table = df.assign(_c=df[color].map(codes)).pivot_table(index=y, columns=x, values="_c",

@@ -1,0 +1,71 @@
+"""Human-readable summaries of the JSON records (the CLI prints these without ``--json``)."""
+
+from __future__ import annotations
+
+
+def _fmt(v, spec=".6e"):
+    return "—" if v is None else format(v, spec)
+
+
+def render_solution(rec: dict) -> str:
+    """A readable summary of a solve record: what was solved, how it ended, and measured vs theory."""
+    c, th, nc = rec["config"], rec["theory"], rec["nc"]
+    loss = c["loss"] + ("" if not c["loss_params"] or c["loss"] not in ("fl", "ls", "mse")
+                        else "(" + ", ".join(f"{k}={v}" for k, v in c["loss_params"].items()) + ")")
+    lines = [
+        f"UFM eq. (7): K={c['K']} d={c['d']} n={c['n']} loss={loss} λ_W={c['lam_W']:g} λ_H={c['lam_H']:g} "
+        f"bias={c['bias']}" + (f" λ_b={c['lam_b']:g}" if c["bias"] == "regularized" else ""),
+        f"solver {c['solver']} ({c['dtype']}): {rec['status']} after {rec['steps']} steps in {rec['wall_time_s']:.2f} s "
+        f"— ‖∇f‖ = {rec['grad_norm']:.3e} (gtol {c['gtol']:g})",
+    ]
+    if rec["status"] != "converged":
+        lines.append(f"  {rec['message']}")
+    lines.append("")
+    lines.append(f"{'':14}{'solved':>22}{'theory':>22}")
+    rows = [("objective f", rec["objective"], th["objective"]), ("‖W‖²_F", rec["W_fro_sq"], th["W_fro_sq"]),
+            ("‖H‖²_F", rec["H_fro_sq"], th["H_fro_sq"])]
+    for name, a, b in rows:
+        lines.append(f"{name:14}{_fmt(a, '.12g'):>22}{_fmt(b, '.12g'):>22}")
+    if th["objective"] is not None:
+        lines.append(f"{'gap':14}{_fmt(th['gap'], '.3e'):>22}  (relative {_fmt(th['rel_gap'], '.3e')})")
+    lines.append(f"theory: {th['reason'] if th['applies'] or th['upper_bound_only'] else 'does not apply — ' + th['reason']}")
+    if th["applies"]:
+        lines.append(f"  geometry {th['geometry']}, logit margin {th['margin']:.6g}, c = √(nλ_Wλ_H) = {th['c']:.4g}")
+    lines.append("")
+    lines.append("neural collapse (0 = collapsed; — = undefined, e.g. W = 0):")
+    keys = ["NC1", "NC2_W", "NC2_H", "NC3", "NC4", "NC2_W_uncentred", "NC2_H_uncentred", "bias_residual"]
+    lines.append("  " + "  ".join(f"{k}={_fmt(nc[k], '.2e')}" for k in keys[:5]))
+    lines.append("  " + "  ".join(f"{k}={_fmt(nc[k], '.2e')}" for k in keys[5:]))
+    return "\n".join(lines)
+
+
+def render_landscape(rec: dict) -> str:
+    """A readable table of analysed critical points."""
+    c = rec["config"]
+    lines = [f"UFM landscape: K={c['K']} d={c['d']} n={c['n']} loss={c['loss']} λ_W={c['lam_W']:g} λ_H={c['lam_H']:g} "
+             f"bias={c['bias']} — at {rec['at']}, Hessian {rec['hessian_method']}",
+             f"tolerances: ‖∇f‖ ≤ {rec['tolerances']['grad_tol']:g} is critical; |θ| ≤ zero_tol is zero "
+             f"({rec['tolerances']['zero_tol_rule']}); objective vs theory to {rec['tolerances']['obj_tol']:g} relative"]
+    if "census" in rec:
+        cs = rec["census"]
+        lines.append(f"census: {cs['starts']} starts, {cs['converged']} reached a critical point, {cs['unique']} distinct "
+                     f"up to rotation, {cs['wall_time_s']:.1f} s")
+    head = f"{'point':10}{'class':>26}{'f':>14}{'‖∇f‖':>10}{'λ_min':>11}{'λ_min⊥':>11}{'λ_max':>10}{'#neg':>6}{'#zero/exp':>11}{'resid':>9}"
+    lines += ["", head]
+    for p in rec["critical_points"]:
+        zero = f"{'?' if p['n_zero'] is None else p['n_zero']}/{p['expected_zero_modes']}"
+        neg = "≥1" if p["n_negative"] is None else str(p["n_negative"])
+        lines.append(f"{p['label'][:10]:10}{p['classification']:>26}{p['objective']:>14.8f}{p['grad_norm']:>10.1e}"
+                     f"{p['min_eig']:>11.2e}{p['min_eig_deflated']:>11.2e}{p['max_eig']:>10.2e}{neg:>6}{zero:>11}"
+                     f"{p['eig_residual']:>9.1e}")
+        if p["escape"]:
+            e = p["escape"]
+            lines.append(f"{'':10}  escape along the negative-curvature eigenvector → {e['classification']} "
+                         f"(f = {e['objective']:.8f}, ‖∇f‖ = {e['grad_norm']:.1e})")
+        if p["theory_objective"] is not None and p["classification"] != "not_critical":
+            lines.append(f"{'':10}  theory optimum f* = {p['theory_objective']:.8f}; gap {p['objective'] - p['theory_objective']:.2e}")
+    counts = {}
+    for p in rec["critical_points"]:
+        counts[p["classification"]] = counts.get(p["classification"], 0) + 1
+    lines += ["", "summary: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
+    return "\n".join(lines)
