@@ -122,3 +122,13 @@ def test_bad_problem_input(kwargs, flag):
 def test_user_loss_of_wrong_shape():
     with pytest.raises(ufm.UFMInputError, match="^--loss.*shape"):
         ufm.Problem.create(3, 3, 2, loss=lambda z, y: jnp.sum(z))
+
+
+@pytest.mark.parametrize("loss, kw", [("ce", {}), ("ls", dict(alpha=0.1)), ("fl", dict(gamma=2.0)),
+                                      ("mse", dict(kappa=2.0, lam_b=0.0))])
+def test_default_reaches_1e_9_at_the_benchmark_size(loss, kw):
+    # the contract: (K, d, n) = (10, 64, 100), λ = 5e-4, default solver, ‖∇f‖ ≤ 1e-9, at the theory optimum
+    prob = ufm.Problem.create(10, 64, 100, lam=5e-4, loss=loss, **kw)
+    sol = ufm.solve(prob)
+    assert sol.converged and sol.grad_norm <= 1e-9
+    assert sol.objective == pytest.approx(ufm.theory_optimum(prob).objective, rel=1e-10)
