@@ -10,7 +10,7 @@ import argparse
 import math
 import sys
 
-from .commands import EXIT_BAD_INPUT, PLOT_KINDS, cmd_landscape, cmd_plot, cmd_solve, cmd_sweep
+from .commands import EXIT_BAD_INPUT, EXIT_OK, PLOT_KINDS, cmd_landscape, cmd_plot, cmd_solve, cmd_sweep
 
 
 class _Parser(argparse.ArgumentParser):
@@ -187,6 +187,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"ufm {args.command}: interrupted\n")
         return 130
+    except BrokenPipeError:
+        # the reader (`| head`) closed the pipe: stop quietly as Unix tools do, and keep Python's exit-time flush of
+        # stdout from raising again
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
