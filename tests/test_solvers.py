@@ -132,3 +132,12 @@ def test_default_reaches_1e_9_at_the_benchmark_size(loss, kw):
     sol = ufm.solve(prob)
     assert sol.converged and sol.grad_norm <= 1e-9
     assert sol.objective == pytest.approx(ufm.theory_optimum(prob).objective, rel=1e-10)
+
+
+def test_init_of_the_wrong_shape_is_a_clear_error():
+    prob = ufm.Problem.create(**SMALL)
+    good = ufm.init_params(prob)
+    with pytest.raises(ufm.UFMInputError, match="^init: .*H must have shape \\(6, 20\\)"):
+        ufm.solve(prob, init=ufm.Params(good.W, good.H[:, :5], good.b))
+    with pytest.raises(ufm.UFMInputError, match="no bias"):
+        ufm.solve(prob.replace(bias=False), init=good)

@@ -111,7 +111,7 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, max_ste
     with jax.enable_x64(dtype == "float64"):
         if init is None:
             init = init_params(problem, seed, init_scale, dtype)
-        x = jnp.asarray(flatten(to_np_params(init, dtype), xp=np), dtype=dtype)
+        x = jnp.asarray(flatten(to_np_params(init, problem, dtype), xp=np), dtype=dtype)
         reg = Reg(*(jnp.asarray(v, dtype) for v in problem.reg))
         f_tr, g_tr, stage_steps, snaps, snap_steps = [], [], [], [], []
         steps_left = max_steps
@@ -155,9 +155,19 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, max_ste
     return sol
 
 
-def to_np_params(params: Params, dtype="float64") -> Params:
-    """Validate user-given initial parameters and cast them to numpy."""
-    W = np.asarray(params.W, dtype=dtype)
-    H = np.asarray(params.H, dtype=dtype)
-    b = None if params.b is None else np.asarray(params.b, dtype=dtype)
-    return Params(W, H, b)
+def to_np_params(params: Params, problem: Problem, dtype="float64") -> Params:
+    """Validate user-given initial parameters against the problem's shapes and cast them to numpy."""
+    want = {"W": (problem.K, problem.d), "H": (problem.d, problem.N), "b": (problem.K,) if problem.bias else None}
+    out = {}
+    for name, shape in want.items():
+        value = getattr(params, name, None)
+        if shape is None:
+            if value is not None:
+                raise UFMInputError("init", f"b of shape {np.shape(value)}", "this problem has no bias (b must be None)")
+            out[name] = None
+            continue
+        if value is None or np.shape(value) != shape:
+            raise UFMInputError("init", f"{name} of shape {None if value is None else np.shape(value)}",
+                                f"{name} must have shape {shape} (K={problem.K}, d={problem.d}, N={problem.N})")
+        out[name] = np.asarray(value, dtype=dtype)
+    return Params(**out)
