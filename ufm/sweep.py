@@ -118,12 +118,13 @@ def run_sweep(grid: Grid, store_path, *, workers: int = 1, executor: str = "loca
     run = store.new_run(len(todo))
     if workers == "auto":
         workers = auto_workers(todo)
-    failures, interrupted = 0, False
+    failures, computed, interrupted = 0, 0, False
 
     def record(i, row):
-        nonlocal failures
+        nonlocal failures, computed
         store.add(keys[i], i, run, row)
         failures += row.get("status") == "error"
+        computed += 1
         if progress:
             progress(1, failures)
 
@@ -139,7 +140,8 @@ def run_sweep(grid: Grid, store_path, *, workers: int = 1, executor: str = "loca
             _run_processes(todo, grid.options, workers, record)
     except KeyboardInterrupt:
         interrupted = True
-    summary = summarize(store, len(points), len(points) - len(todo), failures, time.perf_counter() - t0, interrupted)
+    summary = summarize(store, len(points), len(points) - len(todo), computed, failures, time.perf_counter() - t0,
+                        interrupted)
     store.close()
     return summary
 
@@ -234,7 +236,8 @@ def _run_dask(todo, options, workers, address, record):
             cluster.close()
 
 
-def summarize(store: SweepStore, total, skipped, failures, wall, interrupted=False) -> SweepSummary:
+def summarize(store: SweepStore, total, skipped, computed, failures, wall, interrupted=False) -> SweepSummary:
+    """Counts by class (or status), non-converged rows and the largest relative theory gap, over the whole store."""
     db = store.db
     counts = {}
     for cls, status, n in db.execute("SELECT classification, status, COUNT(*) FROM points GROUP BY classification, status"):
@@ -242,7 +245,7 @@ def summarize(store: SweepStore, total, skipped, failures, wall, interrupted=Fal
         counts[label] = counts.get(label, 0) + n
     not_conv = db.execute("SELECT COUNT(*) FROM points WHERE converged = 0 OR converged IS NULL").fetchone()[0]
     gap = db.execute("SELECT MAX(ABS(theory_rel_gap)) FROM points WHERE converged = 1 AND theory_applies = 1").fetchone()[0]
-    return SweepSummary(total=total, skipped=skipped, computed=store.count() - skipped, failures=failures,
+    return SweepSummary(total=total, skipped=skipped, computed=computed, failures=failures,
                         counts=counts, not_converged=int(not_conv), max_rel_gap=gap, wall_time=wall,
                         interrupted=interrupted)
 
