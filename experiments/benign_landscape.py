@@ -87,7 +87,7 @@ def main():
             path = os.path.join(tmp, "saddle.npz")
             rec = {"config": {**ls_prob.config()}, "tolerances": {"zero_tol": [ls_saddle.zero_tol]},
                    "critical_points": [ls_saddle.record()]}
-            save_landscape(ls_prob, [ls_saddle], ufm.report._clean(rec), path)
+            save_landscape(ls_prob, [ls_saddle], ufm.report.json_safe(rec), path)
             res = plots.load_result(path, "landscape")
             fig, ax = plt.subplots(figsize=(7, 4.5))
             plots.plot_spectrum(ax, res)

@@ -59,7 +59,7 @@ def cmd_landscape(args) -> int:
     from .landscape import census, escape
     from .render import render_landscape
     from .critical import Tolerances, analyze_point, origin, origin_min_eig_theory
-    from .report import _clean, to_json
+    from .report import json_safe, to_json
     from .solvers import solve
 
     problem = problem_from_args(args)
@@ -102,7 +102,7 @@ def cmd_landscape(args) -> int:
                          "zero_tol": [p.zero_tol for p in points],
                          "zero_tol_rule": "given" if args.zero_tol else "max(1e-8·‖∇²f‖₂, 1e2·‖∇f‖)"}
     rec["critical_points"] = [p.record() for p in points]
-    rec = _clean(rec)
+    rec = json_safe(rec)
     if args.save:
         from .landscape import save_landscape
         save_landscape(problem, points, rec, args.save)

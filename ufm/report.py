@@ -14,14 +14,14 @@ from .solvers import Solution
 from .theory import theory_optimum
 
 
-def _clean(x):
+def json_safe(x):
     """JSON-safe copy: NaN/inf → None, numpy scalars/arrays → Python."""
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
+        return json_safe(x.tolist())
     if isinstance(x, (np.floating, float)):
         x = float(x)
         return x if math.isfinite(x) else None
@@ -76,11 +76,11 @@ def solution_record(sol: Solution) -> dict:
         "config": {**p.config(), "solver": sol.solver, "gtol": sol.gtol, "seed": sol.seed,
                    "init_scale": sol.init_scale, "dtype": sol.dtype},
     }
-    return _clean(record)
+    return json_safe(record)
 
 
 def to_json(record: dict) -> str:
-    return json.dumps(_clean(record), indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    return json.dumps(json_safe(record), indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
 
 
 def trace_metrics(sol: Solution) -> dict:

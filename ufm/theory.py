@@ -52,13 +52,18 @@ def phi_prime0(loss, K: int) -> float:
     raise TypeError(f"φ′(0) is defined for CE, LS and FL, not {loss.describe()}")
 
 
+def _t_grid(K: int, c: float) -> np.ndarray:
+    """t ∈ [−span·(K−1), 0] on 200001 points, span = max(60, 2 log(1/c) + 20): beyond any optimum's margin (the CE
+    margin is log((1 − (K−1)c)/c))."""
+    span = max(60.0, 2.0 * np.log(1.0 / c) + 20.0) if c > 0 else 800.0
+    return -np.linspace(0.0, span * (K - 1), 200001)
+
+
 def scalar_optimum(loss, K: int, c: float) -> tuple[float, float]:
     """(t*, f*) of min_{t≤0} φ(t) + c|t| by a dense grid then bounded Brent refinement.
 
-    The grid comes first because φ_FL may be non-convex (theory.md §2.4); its span covers margins up to
-    max(60, 2 log(1/c) + 20), beyond any optimum (the CE margin is log((1 − (K−1)c)/c))."""
-    span = max(60.0, 2.0 * np.log(1.0 / c) + 20.0) if c > 0 else 800.0
-    ts = -np.linspace(0.0, span * (K - 1), 200001)
+    The grid (``_t_grid``) comes first because φ_FL may be non-convex (theory.md §2.4)."""
+    ts = _t_grid(K, c)
     g = lambda t: phi(t, loss, K) - c * t
     vals = g(ts)
     i = int(np.argmin(vals))
@@ -108,8 +113,7 @@ def phi_is_convex(loss, K: int, c: float) -> bool:
     """Whether φ is convex on the scalar problem's range t ∈ [−span(K−1), 0] (second differences on a grid).
 
     Jensen's step of the Thm 3.1 lower bound needs it; φ_FL fails it near t = 0 for large K (theory.md §2.4)."""
-    span = max(60.0, 2.0 * np.log(1.0 / c) + 20.0) if c > 0 else 800.0
-    ts = -np.linspace(0.0, span * (K - 1), 200001)
+    ts = _t_grid(K, c)
     v = phi(ts, loss, K)
     return bool(np.all(np.diff(v, 2) >= -1e-10 * (1.0 + np.abs(v[1:-1]))))
 
