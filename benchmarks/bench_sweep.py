@@ -24,6 +24,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="10")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--dask", action="store_true", help="also time --executor dask (a local cluster, 2 workers)")
     args = ap.parse_args()
     grid = build_grid(flag_values=dict(K="3,4,5,6,8", d="4,8,16,32", lam="log:1e-3:1e-1:5", n=args.n))
     points = grid.points()
@@ -47,10 +48,18 @@ def main():
             assert s.computed == len(points)
             rows.append((f"ufm sweep --workers {workers}", wall))
 
+    if args.dask:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            s = run_sweep(grid, os.path.join(tmp, "d.db"), workers=2, executor="dask")
+            rows.append(("ufm sweep --executor dask (2 workers)", time.perf_counter() - t))
+            assert s.computed == len(points)
+
     print(f"\n{'run':40}{'wall s':>9}{'points/s':>10}{'vs naive':>10}")
     for name, wall in rows:
         print(f"{name:40}{wall:>9.1f}{len(points) / wall:>10.2f}{naive / wall:>9.2f}×")
-    print(f"\nscaling 1 → 2 workers: {rows[-2][1] / rows[-1][1]:.2f}×")
+    local = {name: wall for name, wall in rows}
+    print(f"\nscaling 1 → 2 workers: {local['ufm sweep --workers 1'] / local['ufm sweep --workers 2']:.2f}×")
 
 
 if __name__ == "__main__":

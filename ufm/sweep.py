@@ -210,9 +210,11 @@ def _run_processes(todo, options, workers, record):
             received += 1
 
 
-def _evaluate_indexed(args):
-    i, p, options = args
-    return i, evaluate_point(p, options)
+DASK_CHUNK = 8
+
+
+def _evaluate_chunk(chunk, options):
+    return [(i, evaluate_point(p, options)) for i, p in chunk]
 
 
 def _run_dask(todo, options, workers, address, record):
@@ -226,10 +228,13 @@ def _run_dask(todo, options, workers, address, record):
                                host="127.0.0.1")
         client = Client(cluster)
     try:
-        futures = [client.submit(_evaluate_indexed, (i, p, options), pure=False) for i, p in todo]
+        # one task per run of ≤ DASK_CHUNK same-shape points: each compiles its shape once, and a lost parent loses
+        # at most one chunk per worker of finished-but-unstored rows
+        chunks = [g[k:k + DASK_CHUNK] for g in _shape_groups(todo) for k in range(0, len(g), DASK_CHUNK)]
+        futures = [client.submit(_evaluate_chunk, chunk, options, pure=False) for chunk in chunks]
         for fut in as_completed(futures):
-            i, row = fut.result()
-            record(i, row)
+            for i, row in fut.result():
+                record(i, row)
     finally:
         client.close()
         if cluster is not None:
