@@ -132,14 +132,17 @@ def cmd_sweep(args) -> int:
         if not out.lower().endswith((".csv", ".parquet")):
             from .errors import UFMInputError
             raise UFMInputError("--export", out, "the file must end in .csv or .parquet")
-    n_points = len(grid.validate())
     bar = None
-    if not args.quiet and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=n_points, unit="pt", desc="sweep", file=sys.stderr, dynamic_ncols=True)
+    show = not args.quiet and sys.stderr.isatty()
 
     def progress(k, failures):
+        # the bar opens with the first finished point: run_sweep has validated the grid by then (bad input never
+        # draws a bar), and the grid is validated once
+        nonlocal bar
+        if bar is None and show:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(grid.points()), unit="pt", desc="sweep", file=sys.stderr, dynamic_ncols=True)
         if bar is not None:
             bar.update(k)
             bar.set_postfix(failures=failures)

@@ -12,7 +12,6 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .problem import Reg, Shape
 
@@ -67,7 +66,3 @@ def flatten(params: Params, xp=jnp):
 def flat_objective(x, reg: Reg, shape: Shape):
     """f of eq. (7) on the flat vector x = [vec W, vec H, b]."""
     return objective(unflatten(x, shape), reg, shape)
-
-
-def to_numpy(params: Params) -> Params:
-    return Params(np.asarray(params.W), np.asarray(params.H), None if params.b is None else np.asarray(params.b))
