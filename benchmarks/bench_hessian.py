@@ -19,7 +19,7 @@ import numpy as np
 import ufm
 from ufm.critical import analyze_point
 from ufm.hessian import MatrixFree, dense_hessian
-from ufm.objective import flatten
+from ufm.model import flatten
 from ufm.symmetry import orbit_tangent
 
 

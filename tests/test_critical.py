@@ -8,7 +8,7 @@ import ufm
 from ufm.landscape import census, same_orbit
 from ufm.critical import (Tolerances, analyze_point, mse_saddle_point, origin,
                           origin_min_eig_theory)
-from ufm.objective import flatten
+from ufm.model import flatten
 from ufm.theory import phi_prime0
 
 SMALL = dict(K=4, d=6, n=5, lam=5e-3)
@@ -119,6 +119,6 @@ def test_ls_census_is_benign_and_every_escape_reaches_the_optimum():
         assert p.escape["objective"] == pytest.approx(f_star, rel=1e-9)
     # deduplication is up to rotation: a rotated copy is the same orbit
     x = cs.points[-1].x
-    W, H, b = ufm.objective.unflatten(x, prob.shape)
+    W, H, b = ufm.model.unflatten(x, prob.shape)
     Q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))
     assert same_orbit(prob, x, flatten(ufm.Params(W @ Q, Q.T @ H, b), xp=np))

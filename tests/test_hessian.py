@@ -8,7 +8,7 @@ import pytest
 
 import ufm
 from ufm.hessian import MatrixFree, dense_hessian, hvp, value_and_grad
-from ufm.objective import flatten
+from ufm.model import flatten
 from ufm.symmetry import expected_zero_modes, orbit_tangent, project
 
 

@@ -6,7 +6,7 @@ import pytest
 from jax.test_util import check_grads
 
 import ufm
-from ufm.objective import Params, flat_objective, flatten, objective, unflatten
+from ufm.model import Params, flat_objective, flatten, objective, unflatten
 
 
 def numpy_loss(z, k, name, p):

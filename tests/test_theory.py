@@ -6,7 +6,7 @@ import pytest
 
 import ufm
 from ufm.losses import CrossEntropy, FocalLoss, LabelSmoothing
-from ufm.objective import Params, objective
+from ufm.model import Params, objective
 from ufm.theory import ce_ls_closed_form, phi, phi_prime0, scalar_optimum, theory_optimum, theory_point
 
 

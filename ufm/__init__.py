@@ -12,7 +12,7 @@ _EXPORTS = {
     "errors": ("NotConvergedError", "UFMInputError"),
     "losses": ("CrossEntropy", "FocalLoss", "LabelSmoothing", "Loss", "RescaledMSE", "UserLoss", "as_loss"),
     "metrics": ("nc_metrics",),
-    "objective": ("Params", "objective"),
+    "model": ("Params", "objective"),
     "problem": ("Problem", "Reg"),
     "report": ("save_npz", "solution_record"),
     "solvers": ("Solution", "Status", "init_params", "solve"),

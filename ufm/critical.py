@@ -23,7 +23,7 @@ import numpy as np
 
 from .hessian import DENSE_MAX_PARAMS, MatrixFree, dense_hessian, value_and_grad
 from .losses import CrossEntropy, LabelSmoothing, RescaledMSE
-from .objective import Params, data_term, flatten, unflatten
+from .model import Params, data_term, flatten, unflatten
 from .problem import Problem
 from .symmetry import RANK_ATOL, RANK_RTOL, orbit_tangent, project
 from .theory import phi_prime0, theory_optimum

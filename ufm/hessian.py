@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-from .objective import flat_objective
+from .model import flat_objective
 from .problem import Problem, Reg, Shape
 from .symmetry import OrbitTangent, project
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .critical import CriticalPoint, Tolerances, analyze_point
-from .objective import flat_objective, flatten, unflatten
+from .model import flat_objective, flatten, unflatten
 from .problem import Problem, Reg
 from .solvers import LevenbergMarquardt, Status, solve
 

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from .errors import UFMInputError
-from .objective import flat_objective
+from .model import flat_objective
 
 class Status(enum.IntEnum):
     CONVERGED = 0

@@ -85,7 +85,7 @@ def to_json(record: dict) -> str:
 
 def trace_metrics(sol: Solution) -> dict:
     """NC metrics of every snapshot of a traced solve, as arrays ``trace_NC1``, … aligned with ``trace_steps``."""
-    from .objective import unflatten
+    from .model import unflatten
 
     p = sol.problem
     rows = [_nc_or_nan(*unflatten(x, p.shape), p) for x in sol.trace_params]

@@ -19,7 +19,7 @@ import numpy as np
 from .errors import NotConvergedError, UFMInputError
 from .methods import (LBFGS, MESSAGES, SOLVER_NAMES, Chain, FirstOrder, LevenbergMarquardt, NewtonCG, Status,
                       _run_jit, as_solver)
-from .objective import Params, flatten, unflatten
+from .model import Params, flatten, unflatten
 from .problem import Problem, Reg
 
 __all__ = ["LBFGS", "Chain", "FirstOrder", "LevenbergMarquardt", "MESSAGES", "NewtonCG", "SOLVER_NAMES", "Solution",

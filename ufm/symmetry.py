@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from .objective import unflatten
+from .model import unflatten
 from .problem import Problem
 
 #: eigenvalues μ_i of M = WᵀW + HHᵀ below RANK_RTOL·μ_max, or below RANK_ATOL, count as zero (rank of W). μ is a

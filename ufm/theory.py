@@ -19,7 +19,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from .losses import CrossEntropy, FocalLoss, LabelSmoothing, RescaledMSE
-from .objective import Params
+from .model import Params
 from .problem import Problem
 
 

@@ -1,0 +1,124 @@
+"""Memory a run will need, estimated from the sizes before any work, and what this machine can give.
+
+A UFM instance with P = Kd + dN + K parameters is cheap to describe and expensive to solve: the solvers keep a few
+P-vectors, the logits are N×K, a dense Hessian is P×P (several copies during ``eigh`` and the symmetry deflation),
+and NC snapshots keep one P-vector per recorded step. ``check_fits`` refuses, with the estimate, a run that cannot
+fit in the memory available, so that it fails in a second with exit 2 instead of after minutes with a
+``MemoryError`` (or inside XLA with an abort).
+
+The counts are upper-bound style (every live buffer of the method counted once, temporaries of the objective
+counted at their peak); ``UFM_MEMORY_LIMIT`` (bytes, or a number with K/M/G/T) overrides what the machine reports,
+for tests and shared machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from .errors import UFMInputError
+
+#: P-vectors each method keeps alive (iterate, gradient, direction, line-search and CG vectors, optimiser state)
+_VECTORS = {"lbfgs": 12, "newton-cg": 12, "lm": 14, "gd": 5, "momentum": 6, "adam": 7}
+_LBFGS_MEMORY = 10
+#: N×K temporaries of one value-and-gradient or Hessian-vector product (logits, masks, softmax, their tangents)
+_LOGIT_COPIES = 10
+#: P×P matrices alive on the dense Hessian path: ∇²f, its symmetrised copy, eigenvectors, eigh workspace, the
+#: orbit projector, its complement and the deflated product
+_DENSE_COPIES = 8
+#: Lanczos basis vectors ARPACK keeps (ncv ≤ 40 here) plus the HVP's temporaries
+_LANCZOS_VECTORS = 48
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """Estimated peak bytes of a run, by part."""
+
+    parts: dict
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.parts.values()))
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} {human(v)}" for k, v in self.parts.items() if v)
+
+
+def human(nbytes: float) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.3g} {unit}"
+    return f"{int(nbytes)} B"
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in "KMGT" else text
+    return int(float(number) * scale)
+
+
+def available_bytes() -> int:
+    """Memory this process may use: ``UFM_MEMORY_LIMIT`` if set, else MemAvailable (Linux), else physical memory."""
+    env = os.environ.get("UFM_MEMORY_LIMIT")
+    if env:
+        try:
+            return _parse_size(env)
+        except ValueError:
+            raise UFMInputError("UFM_MEMORY_LIMIT", env, "must be a size such as 8G, 512M or a number of bytes") from None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**62                        # unknown: never refuse on a guess
+
+
+def _method_names(solver) -> list[str]:
+    """The method names a solver spec runs (``auto`` chains Newton-CG and L-BFGS)."""
+    if isinstance(solver, str):
+        return {"auto": ["newton-cg", "lbfgs"], "newton": ["newton-cg"]}.get(solver, [solver])
+    stages = getattr(solver, "stages", None) or (solver,)
+    names = []
+    for s in stages:
+        name = getattr(s, "method", None) or getattr(s, "name", "lbfgs")
+        names.append(name if name in _VECTORS else "lbfgs")
+    return names
+
+
+def estimate(problem, *, solver="auto", dtype: str = "float64", max_steps: int = 0, trace_every: int = 0,
+             hessian: str | None = None) -> Estimate:
+    """Peak memory of solving ``problem`` (and, with ``hessian`` = "dense" or "lanczos", analysing a point)."""
+    item = 4 if dtype == "float32" else 8
+    P = problem.num_params
+    NK = problem.N * problem.K
+    vectors = max(_VECTORS[m] + (2 * _LBFGS_MEMORY if m == "lbfgs" else 0) for m in _method_names(solver))
+    parts = {
+        "parameters and solver state": vectors * P * item,
+        "logits and their derivatives": _LOGIT_COPIES * NK * item,
+        # NC snapshots grow with the steps actually taken; this is the bound at max_steps
+        "NC snapshots": (max_steps // trace_every + 1) * P * 8 if trace_every else 0,
+    }
+    if hessian == "dense":
+        parts["dense Hessian"] = _DENSE_COPIES * P * P * 8
+    elif hessian == "lanczos":
+        parts["Lanczos vectors"] = _LANCZOS_VECTORS * P * 8
+    return Estimate(parts)
+
+
+def check_fits(problem, *, flag: str = "-K/-d/-n", **kwargs) -> Estimate:
+    """Raise :class:`UFMInputError` naming ``flag`` when the estimate exceeds the memory available."""
+    est = estimate(problem, **kwargs)
+    have = available_bytes()
+    if est.total > have:
+        raise UFMInputError(flag, f"K={problem.K} d={problem.d} n={problem.n} ({problem.num_params:,} parameters)",
+                            f"needs about {human(est.total)} ({est.describe()}), more than the {human(have)} "
+                            "available; use smaller sizes"
+                            + (" or --hessian lanczos" if kwargs.get("hessian") == "dense" else "")
+                            + (" or a larger --trace-every" if kwargs.get("trace_every") else ""))
+    return est
