@@ -66,15 +66,24 @@ def init_params(problem: Problem, seed: int = 0, scale: float = 0.1, dtype="floa
     return Params(cast(W), cast(H), cast(b))
 
 
-def _validate_run_args(seed, init_scale, gtol, max_steps, dtype):
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UFMInputError("--seed", seed, "must be an integer ≥ 0")
-    if not (isinstance(init_scale, (int, float)) and np.isfinite(init_scale) and init_scale >= 0):
+#: the largest seed a store row can hold (SQLite INTEGER) and the largest step budget an int32 loop counter can count
+MAX_SEED = 2**63 - 1
+MAX_STEPS = 2**31 - 1
+
+
+def _validate_run_args(seed, init_scale, gtol, max_steps, dtype, rtol=1e-6):
+    """Check the run options (not the problem) before any work; each failure names its flag."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise UFMInputError("--seed", seed, f"must be an integer in [0, {MAX_SEED}]")
+    if isinstance(init_scale, bool) or not (isinstance(init_scale, (int, float, np.floating))
+                                            and np.isfinite(init_scale) and init_scale >= 0):
         raise UFMInputError("--init-scale", init_scale, "must be a finite number ≥ 0")
-    if not (isinstance(gtol, (int, float)) and np.isfinite(gtol) and gtol > 0):
-        raise UFMInputError("--gtol", gtol, "must be a finite number > 0")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-        raise UFMInputError("--max-steps", max_steps, "must be an integer ≥ 1")
+    for flag, value in (("--gtol", gtol), ("--rtol", rtol)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float, np.floating)) and np.isfinite(value)
+                                           and value > 0):
+            raise UFMInputError(flag, value, "must be a finite number > 0")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or not 1 <= max_steps <= MAX_STEPS:
+        raise UFMInputError("--max-steps", max_steps, f"must be an integer in [1, {MAX_STEPS}]")
     if dtype not in ("float64", "float32"):
         raise UFMInputError("--dtype", dtype, "use float64 (certification) or float32")
 
