@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.solvers import LBFGS, Chain, NewtonCG, Status, _run_jit
+from ufm.solvers import LBFGS, Chain, NewtonCG, Status, _advance
 
 SMALL = dict(K=4, d=6, n=5, lam=5e-3)
 
@@ -77,10 +77,10 @@ def test_seeded_initialisation_is_reproducible():
 def test_lambda_grid_compiles_once():
     prob = ufm.Problem.create(**SMALL, loss="ls", alpha=0.2)
     ufm.solve(prob)
-    before = _run_jit._cache_size()
+    before = _advance._cache_size()
     for lam in (1e-3, 2e-3, 7e-3):
         ufm.solve(prob.replace(lam_W=lam, lam_H=lam, lam_b=lam))
-    assert _run_jit._cache_size() == before
+    assert _advance._cache_size() == before
 
 
 def test_trivial_collapse_is_found_and_predicted():

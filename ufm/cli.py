@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 
 from .commands import EXIT_BAD_INPUT, EXIT_OK, PLOT_KINDS, cmd_landscape, cmd_plot, cmd_solve, cmd_sweep
 
 
+#: what argparse may take as a negative number rather than an option: with exponents, so that ``--lam-w -1e-3``
+#: reaches the flag's own check (and its message) instead of "expected one argument"
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad input as one line (no usage dump) and exits 2."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -61,8 +71,10 @@ def add_problem_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-bias", action="store_true", help="drop b from the model")
     s = p.add_argument_group("solver")
     s.add_argument("--solver", default="auto", help="auto (Newton-CG, L-BFGS fallback) | lbfgs | newton | lm (any critical point) | gd | momentum | adam (default auto)")
-    s.add_argument("--gtol", type=_float, default=1e-9, help="stop when ‖∇f‖ ≤ gtol (default 1e-9)")
-    s.add_argument("--max-steps", type=_int_min(1), default=10000, help="bound on total solver updates (default 10000)")
+    s.add_argument("--gtol", type=_float, default=1e-9, help="stationary when ‖∇f‖ ≤ gtol (default 1e-9) and …")
+    s.add_argument("--rtol", type=_float, default=1e-6, help="… ‖∇f‖ ≤ rtol·(‖∇ data term‖ + ‖∇ penalty‖), a scale-free "
+                   "test (default 1e-6)")
+    s.add_argument("--max-steps", type=_int_min(1), default=10000, help="bound on total solver updates (default 10000, at most 2³¹ − 1)")
     s.add_argument("--lr", type=_float, help="step size of gd / momentum / adam")
     s.add_argument("--seed", type=_int_min(0), default=0, help="initialisation seed (default 0)")
     s.add_argument("--init-scale", type=_float, default=0.1, help="std of the N(0, s²) initial entries (default 0.1)")
@@ -84,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--save", metavar="PATH.npz", help="write W, H, b, labels and the record to an .npz")
     sp.add_argument("--trace-every", type=_int_min(0), default=0, metavar="K",
                     help="with --save: keep every K-th iterate's NC metrics for `ufm plot dynamics` (default 0: off)")
+    sp.add_argument("--verbose", action="store_true", help="log each solver stage on stderr even when it is not a "
+                    "terminal (a terminal always shows a progress line)")
     sp.set_defaults(func=cmd_solve)
 
     lp = sub.add_parser("landscape", help="Hessian spectra and classification of critical points (saddles, minima)",
@@ -169,20 +183,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one command; return its exit status. Every failure ends as one line on stderr, never a traceback
+    (``UFM_DEBUG=1`` re-raises unexpected errors for a bug report): 2 bad input (checked before any work), 3 not
+    converged or not a minimiser, 130 interrupted, 1 an internal error."""
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
-    import jax
-
-    jax.config.update("jax_enable_x64", True)   # before any computation: certification needs float64
+    from . import commands
     from .errors import UFMInputError
 
+    prefix = f"ufm {args.command}: error:"
     try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)   # before any computation: certification needs float64
+        commands.STDOUT = sys.stdout
+        if getattr(args, "json", False):
+            # --json promises exactly one JSON document on stdout: anything else printed meanwhile (a user loss
+            # module, a library) goes to stderr; the command writes its document through commands.emit
+            import contextlib
+
+            with contextlib.redirect_stdout(sys.stderr):
+                return args.func(args)
         return args.func(args)
     except UFMInputError as exc:
-        sys.stderr.write(f"ufm {args.command}: error: {exc}\n")
+        sys.stderr.write(f"{prefix} {exc}\n")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         sys.stderr.write(f"ufm {args.command}: interrupted\n")
@@ -190,10 +219,19 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         # the reader (`| head`) closed the pipe: stop quietly as Unix tools do, and keep Python's exit-time flush of
         # stdout from raising again
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except MemoryError:
+        sys.stderr.write(f"{prefix} ran out of memory; use smaller sizes (ufm estimates memory before a solve, but "
+                         "this step needed more than the estimate)\n")
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if os.environ.get("UFM_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        sys.stderr.write(f"ufm {args.command}: internal error: {type(exc).__name__}: {first[:300]} (a bug in ufm: "
+                         "please report it with this command; UFM_DEBUG=1 shows the traceback)\n")
+        return 1
 
 
 if __name__ == "__main__":

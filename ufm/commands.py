@@ -10,6 +10,16 @@ import sys
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED = 0, 2, 3
 
+#: the real standard output, set by ``cli.main`` before a ``--json`` command redirects stray prints to stderr
+STDOUT = None
+
+
+def emit(text: str) -> None:
+    """Write the command's result to standard output (the JSON document, or the human summary)."""
+    out = STDOUT or sys.stdout
+    out.write(text + "\n")
+    out.flush()
+
 
 def problem_from_args(args):
     from .problem import Problem
@@ -25,10 +35,55 @@ def problem_from_args(args):
 
 def _check_save_folder(path):
     if path is not None:
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            from .errors import UFMInputError
-            raise UFMInputError("--save", path, f"its folder {folder} does not exist")
+        from .paths import check_output_path
+        check_output_path("--save", path)
+
+
+class SolveProgress:
+    """Solver progress on stderr: one rewritten line on a terminal (stage, step, f, ‖∇f‖, elapsed, at most five
+    times a second), or, with ``verbose`` when stderr is not a terminal (nohup, batch jobs), one line per stage."""
+
+    def __init__(self, verbose: bool = False, label: str = "solve"):
+        self.tty = sys.stderr.isatty()
+        self.verbose = verbose
+        self.label = label
+        self.last_draw = 0.0
+        self.stage = None
+        self.drawn = False
+
+    def __call__(self, ev: dict) -> None:
+        import time
+
+        line = (f"{self.label}: {ev['stage']} step {ev['step']}  f = {ev['f']:.10g}  ‖∇f‖ = {ev['grad_norm']:.2e}  "
+                f"scale-free {ev['rel_grad_norm']:.1e}  {ev['elapsed']:.1f} s")
+        if self.tty:
+            now = time.monotonic()
+            if ev["done"]:
+                if self.drawn:
+                    sys.stderr.write("\r\033[K")
+                    sys.stderr.flush()
+            elif now - self.last_draw >= 0.2:
+                sys.stderr.write("\r\033[K" + line)
+                sys.stderr.flush()
+                self.last_draw, self.drawn = now, True
+        elif self.verbose and (ev["done"] or ev["stage"] != self.stage):
+            if ev["done"]:
+                line = f"{self.label}: {ev['status']} after {ev['step']} steps, ‖∇f‖ = {ev['grad_norm']:.2e}, {ev['elapsed']:.1f} s"
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        self.stage = ev["stage"]
+
+
+def _write_after_result(flag, path, write) -> int:
+    """Write an output file after the result was printed: a failure now (disk full, folder removed) loses nothing
+    the user has not already seen; it is one line and exit 2."""
+    try:
+        write()
+    except OSError as exc:
+        sys.stderr.write(f"ufm: error: {flag}: could not write {path} ({exc.strerror or exc}); the result above is "
+                         "complete\n")
+        return EXIT_BAD_INPUT
+    return EXIT_OK
 
 
 def cmd_solve(args) -> int:
@@ -38,15 +93,19 @@ def cmd_solve(args) -> int:
 
     _check_save_folder(args.save)
     problem = problem_from_args(args)
-    sol = solve(problem, solver=args.solver, gtol=args.gtol, max_steps=args.max_steps, seed=args.seed,
-                init_scale=args.init_scale, dtype=args.dtype, lr=args.lr, trace_every=args.trace_every)
+    sol = solve(problem, solver=args.solver, gtol=args.gtol, rtol=args.rtol, max_steps=args.max_steps, seed=args.seed,
+                init_scale=args.init_scale, dtype=args.dtype, lr=args.lr, trace_every=args.trace_every,
+                progress=SolveProgress(args.verbose))
     rec = solution_record(sol)
+    emit(to_json(rec) if args.json else render_solution(rec))
+    code = EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
     if args.save is not None:
-        save_npz(sol, args.save, rec)
-    print(to_json(rec) if args.json else render_solution(rec))
-    if args.save is not None and not args.json:
-        print(f"saved W, H, b, labels to {args.save}")
-    return EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
+        wrote = _write_after_result("--save", args.save, lambda: save_npz(sol, args.save, rec))
+        if wrote != EXIT_OK:
+            return wrote
+        if not args.json:
+            emit(f"saved W, H, b, labels to {args.save}")
+    return code
 
 
 def _progress(done, total):

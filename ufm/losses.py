@@ -154,6 +154,26 @@ def _check_finite(flag, value):
         raise UFMInputError(flag, value, "must be a finite number")
 
 
+def _import_user_module(name: str):
+    """Import the user's module as ``python -m`` would see it: the current folder is searched too (the ``ufm``
+    console script does not put it on sys.path), and whatever the module prints goes to stderr, so that
+    ``--json`` keeps stdout to one JSON document. Importing runs the module's code: it is trusted."""
+    import contextlib
+    import os
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            cwd = os.getcwd()
+            if exc.name != name.split(".")[0] or cwd in sys.path or "" in sys.path:
+                raise
+            # kept on sys.path: sweep workers (spawned) inherit it and import the same module
+            sys.path.insert(0, cwd)
+            return importlib.import_module(name)
+
+
 def load_user_loss(spec: str) -> UserLoss:
     """Import ``package.module:function`` and wrap it as a :class:`UserLoss`."""
     module_name, sep, attr = spec.partition(":")
@@ -162,7 +182,9 @@ def load_user_loss(spec: str) -> UserLoss:
             "--loss", spec, f"use one of {', '.join(LOSS_NAMES)} or 'package.module:function'"
         )
     try:
-        module = importlib.import_module(module_name)
+        module = _import_user_module(module_name)
+    except SystemExit as exc:
+        raise UFMInputError("--loss", spec, f"module {module_name!r} called sys.exit({exc.code!r}) while being imported") from None
     except Exception as exc:  # any import-time failure is the user's module, reported in one line
         raise UFMInputError("--loss", spec, f"module {module_name!r} cannot be imported ({type(exc).__name__}: {exc})") from None
     fn = getattr(module, attr, None)

@@ -1,7 +1,9 @@
-"""The optimisation methods for objective (7), each a frozen, hashable object holding its hyperparameters and
-running as one jit-compiled ``lax.while_loop`` over the flat parameter vector: L-BFGS and first-order methods
-(optax), Newton-CG and Levenberg–Marquardt on Hessian-vector products, and chains of them. Inside jit nothing
-raises: every run ends with a :class:`Status`. ``solvers.solve`` is the host-side entry point.
+"""The optimisation methods for objective (7), each a frozen, hashable object holding its hyperparameters: L-BFGS
+and first-order methods (optax), Newton-CG and Levenberg–Marquardt on Hessian-vector products, and chains of them.
+
+A method provides ``parts(reg, shape) -> (init, value_grad, update)``; one shared, jit-compiled loop
+(:func:`_advance`) runs any method in chunks over the flat parameter vector. Inside jit nothing raises: every run
+ends with a :class:`Status`. ``solvers.solve`` is the host-side entry point that drives the chunks.
 """
 
 from __future__ import annotations
@@ -24,76 +26,135 @@ class Status(enum.IntEnum):
     MAX_STEPS = 1
     NONFINITE = 2
     STALLED = 3
+    SADDLE = 4
 
 
 _RUNNING = -1
 
 MESSAGES = {
-    Status.CONVERGED: "converged: ‖∇f‖ ≤ gtol",
-    Status.MAX_STEPS: "stopped at max steps before ‖∇f‖ ≤ gtol; raise --max-steps or use a faster --solver",
+    Status.CONVERGED: "converged: ‖∇f‖ ≤ gtol and ‖∇f‖ ≤ rtol·(‖∇ data term‖ + ‖∇ penalty‖)",
+    Status.MAX_STEPS: "stopped at max steps before stationarity (‖∇f‖ ≤ gtol and the scale-free ratio ≤ rtol); raise "
+                      "--max-steps or use a faster --solver",
     Status.NONFINITE: "objective or gradient became NaN/inf; lower the step size (--lr) or --init-scale, or check a user loss",
-    Status.STALLED: "stalled: ‖∇f‖ stopped decreasing before gtol (likely the floating-point floor; use float64 or a looser --gtol)",
+    Status.STALLED: "stalled: ‖∇f‖ stopped decreasing before stationarity (likely the floating-point floor; use float64 "
+                    "or a looser --gtol / --rtol)",
+    Status.SADDLE: "reached a critical point that is NOT a minimiser: f decreases along an explicit direction (negative "
+                   "curvature); start elsewhere (a nonzero --init-scale, another --seed) or escape with `ufm landscape`",
 }
 
 
-class RunResult(NamedTuple):
+class Carry(NamedTuple):
+    """The loop state between chunks: iterate, method state, step count, status, and the stopping-rule memory."""
+
     x: jax.Array
-    f: jax.Array
-    grad_norm: jax.Array
-    steps: jax.Array
+    state: tuple
+    k: jax.Array          # updates taken in this stage
     status: jax.Array
-    f_trace: jax.Array
-    g_trace: jax.Array
-    snapshots: jax.Array
+    f: jax.Array
+    gnorm: jax.Array
+    rel: jax.Array        # ‖∇f‖ / (‖∇ data term‖ + ‖∇ penalty‖)
+    best: jax.Array
+    since: jax.Array
+
+
+class ChunkTrace(NamedTuple):
+    """What one chunk recorded: f and ‖∇f‖ of its ``count`` evaluations, and its NC snapshots."""
+
+    f: jax.Array
+    g: jax.Array
+    count: jax.Array
+    snaps: jax.Array
+    snap_steps: jax.Array
+    n_snaps: jax.Array
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The one loop every solver shares: evaluate, record, test the stopping rules, update.
+# The loop every solver shares, run in chunks: evaluate, record, test the stopping rules, update. The host runs
+# chunks of a traced number of iterations (sized to a fraction of a second), so Ctrl-C and progress reports reach it
+# between chunks, and trace buffers are one chunk long instead of max_steps long.
 
 
-def _loop(init, value_grad, update, x0, gtol, max_steps, patience: int, trace: tuple):
-    """Iterate ``update`` from x0 until ‖∇f‖ ≤ gtol, a non-finite value, ``max_steps`` updates (traced, ≤
-    ``trace[0]``), or no new best gradient norm (by 0.1%) in ``patience`` consecutive steps. Records f and ‖∇f‖
-    at every evaluated iterate in buffers of static length ``trace[0] + 1``, and, when ``trace[1] > 0``, the
-    iterate itself every ``trace[1]`` steps (for NC dynamics)."""
-    trace_len, every = trace
+def stationarity_scale(x, g, reg, shape):
+    """‖∇ data term‖ + ‖∇ penalty‖ + min(λ_W, λ_H) at x: the penalty gradient is (λ_W W, λ_H H, λ_b b), the data
+    gradient the rest.
+
+    At a minimiser away from the origin the first two balance, so ‖∇f‖ divided by this sum is a stationarity measure
+    that does not shrink with the λ's or the gradient's scale (docs/theory.md §7). Near the origin both shrink with
+    ‖x‖ and the ratio stays O(1) even as the iterates converge to it (the trivial-collapse minimiser); the last
+    term, the penalty gradient at unit parameter norm, keeps the ratio meaningful there."""
+    nW, nH, nb = shape.sizes
+    pen2 = data2 = jnp.zeros((), x.dtype)
+    for (lo, hi), lam in zip(((0, nW), (nW, nW + nH), (nW + nH, nW + nH + nb)), (reg.lam_W, reg.lam_H, reg.lam_b)):
+        if hi > lo:
+            pen = lam * x[lo:hi]
+            pen2 = pen2 + pen @ pen
+            data = g[lo:hi] - pen
+            data2 = data2 + data @ data
+    return jnp.sqrt(data2) + jnp.sqrt(pen2) + jnp.minimum(reg.lam_W, reg.lam_H)
+
+
+def relative_stationarity(gnorm, scale):
+    """‖∇f‖ / scale, with 0/0 = 0 (an exact critical point such as the origin) and x/0 = inf."""
+    safe = jnp.where(scale > 0, scale, 1.0)
+    return jnp.where(scale > 0, gnorm / safe, jnp.where(gnorm == 0, 0.0, jnp.inf))
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "shape"))
+def _start(solver, x0, reg, shape) -> Carry:
+    init, _, _ = solver.parts(reg, shape)
     dtype = x0.dtype
-    nan = jnp.full((trace_len + 1,), jnp.nan, dtype)
-    snaps0 = jnp.full((trace_len // every + 1 if every else 0, x0.size), jnp.nan, dtype)
+    nan = jnp.asarray(jnp.nan, dtype)
+    return Carry(x=x0, state=init(x0), k=jnp.asarray(0, jnp.int32), status=jnp.asarray(_RUNNING, jnp.int32),
+                 f=nan, gnorm=nan, rel=nan, best=jnp.asarray(jnp.inf, dtype), since=jnp.asarray(0, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "shape", "length", "every"))
+def _advance(solver, carry: Carry, reg, shape, gtol, rtol, max_steps, n_iter, offset, length: int, every: int):
+    """Run at most ``n_iter`` ≤ ``length`` iterations of ``solver`` from ``carry``. Each iteration evaluates f, ∇f at
+    the iterate, stops with a status (non-finite; stationary: ‖∇f‖ ≤ gtol and relative ≤ rtol; ``max_steps``
+    updates; no new best ‖∇f‖ by 0.1% in ``patience`` iterations) or updates. ``offset + k`` numbers the steps
+    across stages: snapshots are kept at multiples of ``every``."""
+    _, value_grad, update = solver.parts(reg, shape)
+    dtype = carry.x.dtype
+    rows = length // every + 1 if every else 0
+    trace0 = ChunkTrace(f=jnp.full((length,), jnp.nan, dtype), g=jnp.full((length,), jnp.nan, dtype),
+                        count=jnp.asarray(0, jnp.int32), snaps=jnp.zeros((rows, carry.x.size), dtype),
+                        snap_steps=jnp.full((rows,), -1, jnp.int32), n_snaps=jnp.asarray(0, jnp.int32))
 
     def cond(c):
-        return c["status"] == _RUNNING
+        carry, tr = c
+        return (carry.status == _RUNNING) & (tr.count < n_iter)
 
     def body(c):
-        x, state, k = c["x"], c["state"], c["k"]
-        f, g = value_grad(x, state)
+        carry, tr = c
+        x, k = carry.x, carry.k
+        f, g = value_grad(x, carry.state)
         gnorm = jnp.linalg.norm(g)
-        improved = gnorm < c["best"] * (1.0 - 1e-3)
-        since = jnp.where(improved, 0, c["since"] + 1)
+        rel = relative_stationarity(gnorm, stationarity_scale(x, g, reg, shape))
+        improved = gnorm < carry.best * (1.0 - 1e-3)
+        since = jnp.where(improved, 0, carry.since + 1)
         status = jnp.select(
-            [~(jnp.isfinite(f) & jnp.isfinite(gnorm)), gnorm <= gtol, k >= max_steps, since >= patience],
+            [~(jnp.isfinite(f) & jnp.isfinite(gnorm)), (gnorm <= gtol) & (rel <= rtol), k >= max_steps,
+             since >= solver.patience],
             [Status.NONFINITE, Status.CONVERGED, Status.MAX_STEPS, Status.STALLED],
             _RUNNING,
         ).astype(jnp.int32)
-        x_new, state_new = update(x, state, f, g)
+        x_new, state_new = update(x, carry.state, f, g)
         keep = status != _RUNNING
-        x_next = jnp.where(keep, x, x_new)
-        state_next = jax.tree.map(lambda a, b: jnp.where(keep, a, b), state, state_new)
-        return dict(
-            x=x_next, state=state_next, k=jnp.where(keep, k, k + 1), status=status, f=f, gnorm=gnorm,
-            best=jnp.minimum(c["best"], gnorm), since=since,
-            f_trace=c["f_trace"].at[k].set(f), g_trace=c["g_trace"].at[k].set(gnorm),
-            snaps=c["snaps"] if not every else c["snaps"].at[k // every].set(
-                jnp.where(k % every == 0, x, c["snaps"][k // every])),
-        )
+        if every:
+            snap = ((offset + k) % every == 0)
+            tr = tr._replace(snaps=tr.snaps.at[tr.n_snaps].set(jnp.where(snap, x, tr.snaps[tr.n_snaps])),
+                             snap_steps=tr.snap_steps.at[tr.n_snaps].set(jnp.where(snap, offset + k,
+                                                                                   tr.snap_steps[tr.n_snaps])),
+                             n_snaps=tr.n_snaps + snap.astype(jnp.int32))
+        tr = tr._replace(f=tr.f.at[tr.count].set(f), g=tr.g.at[tr.count].set(gnorm), count=tr.count + 1)
+        carry = Carry(
+            x=jnp.where(keep, x, x_new), state=jax.tree.map(lambda a, b: jnp.where(keep, a, b), carry.state, state_new),
+            k=jnp.where(keep, k, k + 1), status=status, f=f, gnorm=gnorm, rel=rel,
+            best=jnp.minimum(carry.best, gnorm), since=since)
+        return carry, tr
 
-    c0 = dict(
-        x=x0, state=init(x0), k=jnp.asarray(0, jnp.int32), status=jnp.asarray(_RUNNING, jnp.int32),
-        f=jnp.asarray(jnp.nan, dtype), gnorm=jnp.asarray(jnp.nan, dtype), best=jnp.asarray(jnp.inf, dtype),
-        since=jnp.asarray(0, jnp.int32), f_trace=nan, g_trace=nan, snaps=snaps0,
-    )
-    c = jax.lax.while_loop(cond, body, c0)
-    return RunResult(c["x"], c["f"], c["gnorm"], c["k"], c["status"], c["f_trace"], c["g_trace"], c["snaps"])
+    return jax.lax.while_loop(cond, body, (carry, trace0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -116,7 +177,7 @@ class LBFGS:
     patience: int = 200
     name = "lbfgs"
 
-    def run(self, x0, reg, shape, gtol, max_steps, trace):
+    def parts(self, reg, shape):
         f, _, _ = _derivatives(reg, shape)
         opt = optax.lbfgs(memory_size=self.memory,
                           linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=30))
@@ -126,7 +187,7 @@ class LBFGS:
             u, state = opt.update(g, state, x, value=v, grad=g, value_fn=f)
             return x + u, state
 
-        return _loop(opt.init, lambda x, s: vg(x, state=s), update, x0, gtol, max_steps, self.patience, trace)
+        return opt.init, (lambda x, s: vg(x, state=s)), update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +199,7 @@ class FirstOrder:
     patience: int = 10**9  # first-order methods make slow monotone progress; only max_steps stops them
     name = "first-order"
 
-    def run(self, x0, reg, shape, gtol, max_steps, trace):
+    def parts(self, reg, shape):
         f, vg, _ = _derivatives(reg, shape)
         opt = {
             "gd": lambda: optax.sgd(self.lr),
@@ -150,7 +211,7 @@ class FirstOrder:
             u, state = opt.update(g, state, x)
             return x + u, state
 
-        return _loop(opt.init, lambda x, s: vg(x), update, x0, gtol, max_steps, self.patience, trace)
+        return opt.init, (lambda x, s: vg(x)), update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +224,7 @@ class NewtonCG:
     patience: int = 25
     name = "newton-cg"
 
-    def run(self, x0, reg, shape, gtol, max_steps, trace):
+    def parts(self, reg, shape):
         f, vg, hvp_at = _derivatives(reg, shape)
         cg_max = self.cg_max
 
@@ -211,7 +272,7 @@ class NewtonCG:
             c = jax.lax.while_loop(ls_cond, ls_body, dict(t=jnp.asarray(1.0, x.dtype), j=0, ok=False))
             return jnp.where(c["ok"], x + c["t"] * p, x), state
 
-        return _loop(lambda x: (), lambda x, s: vg(x), update, x0, gtol, max_steps, self.patience, trace)
+        return (lambda x: ()), (lambda x, s: vg(x)), update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +287,7 @@ class LevenbergMarquardt:
     patience: int = 60
     name = "lm"
 
-    def run(self, x0, reg, shape, gtol, max_steps, trace):
+    def parts(self, reg, shape):
         f, vg, hvp_at = _derivatives(reg, shape)
 
         def update(x, c, v, g):
@@ -239,8 +300,7 @@ class LevenbergMarquardt:
             ok = jnp.linalg.norm(vg(x + p)[1]) < gnorm
             return jnp.where(ok, x + p, x), jnp.where(ok, jnp.maximum(c / 4.0, 1e-12), jnp.minimum(c * 4.0, 1e12))
 
-        return _loop(lambda x: jnp.asarray(1.0, x.dtype), lambda x, s: vg(x), update, x0, gtol, max_steps,
-                     self.patience, trace)
+        return (lambda x: jnp.asarray(1.0, x.dtype)), (lambda x, s: vg(x)), update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +320,7 @@ SOLVER_NAMES = ("auto", "lbfgs", "newton", "lm", "gd", "momentum", "adam")
 
 def as_solver(solver="auto", *, lr: Optional[float] = None):
     """Normalise a solver spec: a solver object or one of ``auto lbfgs newton lm gd momentum adam``."""
-    if hasattr(solver, "run") or isinstance(solver, Chain):
+    if hasattr(solver, "parts") or isinstance(solver, Chain):
         return solver
     if not isinstance(solver, str) or solver not in SOLVER_NAMES:
         raise UFMInputError("--solver", solver, f"use one of {', '.join(SOLVER_NAMES)}")
@@ -279,10 +339,3 @@ def as_solver(solver="auto", *, lr: Optional[float] = None):
         return LevenbergMarquardt()
     default_lr = {"gd": 0.5, "momentum": 0.1, "adam": 1e-3}[solver]
     return FirstOrder(solver, default_lr if lr is None else float(lr))
-
-
-@functools.partial(jax.jit, static_argnames=("solver", "shape", "trace"))
-def _run_jit(solver, x0, reg, shape, gtol, max_steps, trace):
-    # The step budget is traced and only the trace length is static, so every stage of every solve with the same
-    # --max-steps reuses one compilation.
-    return solver.run(x0, reg, shape, gtol, max_steps, trace)

@@ -94,6 +94,26 @@ def _check_user_loss(loss: UserLoss, K: int, N: int):
         raise UFMInputError("--loss", loss.label, f"it must return per-sample losses of shape (N,) = ({N},), got {shape}")
 
 
+def _check_minimiser_exists(p) -> None:
+    """Refuse the λ's for which (7) has no minimiser (docs/theory.md §7), so no solve can report one.
+
+    With λ_W = 0 < λ_H (or the reverse), (tW, H/t) keeps Z = WH and shrinks the penalty as t → ∞: f decreases
+    towards the infimum of the loss term and never attains it, for every built-in loss. With λ_W = λ_H = 0 the
+    softmax losses (CE, FL, LS) still have no minimiser (the loss → 0 only as the margins → ∞), while MSE attains
+    its least-squares minimum. A user loss is not judged."""
+    if isinstance(p.loss, UserLoss) or (p.lam_W > 0 and p.lam_H > 0):
+        return
+    flag = "--lam-w" if p.lam_W == 0 else "--lam-h"
+    value = p.lam_W if p.lam_W == 0 else p.lam_H
+    if p.lam_W == 0 and p.lam_H == 0:
+        if p.loss.name == "mse":
+            return
+        raise UFMInputError("--lam", 0.0, f"with λ_W = λ_H = 0 the {p.loss.name.upper()} objective has no minimiser "
+                            "(f → 0 only as the margins → ∞; docs/theory.md §7); give λ_W > 0 and λ_H > 0")
+    raise UFMInputError(flag, value, "with only one of λ_W, λ_H zero, (7) has no minimiser (scaling W up and H down, "
+                        "or the reverse, lowers f forever; docs/theory.md §7); give both > 0, or both 0 for MSE")
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """One UFM instance of eq. (7): K classes, feature dimension d, n samples per class, λ's, bias mode, loss.
@@ -121,6 +141,7 @@ class Problem:
         object.__setattr__(self, "loss", as_loss(self.loss))
         if isinstance(self.loss, UserLoss):
             _check_user_loss(self.loss, self.K, self.N)
+        _check_minimiser_exists(self)
 
     @classmethod
     def create(cls, K=10, d=64, n=100, *, lam=5e-4, lam_W=None, lam_H=None, lam_b=None, bias=True,

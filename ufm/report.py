@@ -64,7 +64,10 @@ def solution_record(sol: Solution) -> dict:
         "converged": sol.converged,
         "objective": sol.objective,
         "grad_norm": sol.grad_norm,
+        "rel_grad_norm": sol.rel_grad_norm,
         "gtol": sol.gtol,
+        "rtol": sol.rtol,
+        "second_order": sol.second_order,
         "steps": sol.steps,
         "stage_steps": list(sol.stage_steps),
         "wall_time_s": sol.wall_time,
@@ -73,7 +76,7 @@ def solution_record(sol: Solution) -> dict:
         "b": None if b is None else list(map(float, b)),
         "nc": _nc_or_nan(W, H, b, p),
         "theory": theory,
-        "config": {**p.config(), "solver": sol.solver, "gtol": sol.gtol, "seed": sol.seed,
+        "config": {**p.config(), "solver": sol.solver, "gtol": sol.gtol, "rtol": sol.rtol, "seed": sol.seed,
                    "init_scale": sol.init_scale, "dtype": sol.dtype},
     }
     return json_safe(record)

@@ -1,16 +1,17 @@
 """``solve``: minimise objective (7) for a problem and return a :class:`Solution`.
 
-The methods themselves live in :mod:`ufm.methods`; this module seeds the start, runs the chosen method (or chain of
-methods) in a scoped float64 context, and turns the device result into a host-side Solution with its status,
-message and traces. Stationarity means ‖∇f‖ ≤ gtol, reported with every result; the wrapper raises only if asked
-(``throw=True``).
+The methods themselves live in :mod:`ufm.methods`; this module seeds the start, drives the chosen method (or chain
+of methods) chunk by chunk in a scoped float64 context, and turns the device result into a host-side Solution with
+its status, message and traces. Stationarity means ‖∇f‖ ≤ gtol *and* ‖∇f‖ ≤ rtol·(‖∇ data term‖ + ‖∇ penalty‖),
+both reported with every result; a stationary point with a proven descent direction is a SADDLE, not CONVERGED. The
+wrapper raises only if asked (``throw=True``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +19,12 @@ import numpy as np
 
 from .errors import NotConvergedError, UFMInputError
 from .methods import (LBFGS, MESSAGES, SOLVER_NAMES, Chain, FirstOrder, LevenbergMarquardt, NewtonCG, Status,
-                      _run_jit, as_solver)
+                      _advance, _start, as_solver)
 from .model import Params, flatten, unflatten
 from .problem import Problem, Reg
 
 __all__ = ["LBFGS", "Chain", "FirstOrder", "LevenbergMarquardt", "MESSAGES", "NewtonCG", "SOLVER_NAMES", "Solution",
-           "Status", "_run_jit", "as_solver", "init_params", "solve"]
+           "Status", "_advance", "as_solver", "init_params", "solve"]
 
 @dataclasses.dataclass(frozen=True)
 class Solution:
@@ -50,6 +51,9 @@ class Solution:
     stage_steps: tuple = ()
     trace_steps: Optional[np.ndarray] = None       # iterate numbers of the snapshots in trace_params
     trace_params: Optional[np.ndarray] = None      # (snapshots, #params) flat iterates, with trace_every > 0
+    rel_grad_norm: float = float("nan")            # ‖∇f‖ / (‖∇ data term‖ + ‖∇ penalty‖), docs/theory.md §7
+    rtol: float = 1e-6
+    second_order: Optional[dict] = None            # secondorder.second_order_check at a stationary end point
 
     @property
     def converged(self) -> bool:
@@ -88,33 +92,53 @@ def _validate_run_args(seed, init_scale, gtol, max_steps, dtype, rtol=1e-6):
         raise UFMInputError("--dtype", dtype, "use float64 (certification) or float32")
 
 
-def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, max_steps: int = 10000, seed: int = 0,
-          init_scale: float = 0.1, init: Optional[Params] = None, dtype: str = "float64", lr=None,
-          trace_every: int = 0, throw: bool = False, **problem_kwargs) -> Solution:
-    """Minimise objective (7) for ``problem`` (or ``Problem.create(**problem_kwargs)``) until ‖∇f‖ ≤ gtol.
+#: static length of one chunk's trace buffers, and the wall time a chunk aims at (Ctrl-C and progress latency)
+CHUNK_LENGTH = 256
+CHUNK_SECONDS = 0.25
 
-    ``solver``: ``auto`` (Newton-CG; on a stall L-BFGS then Newton-CG again), ``lbfgs``, ``newton``, ``gd``, ``momentum``, ``adam``
-    or a solver object. ``max_steps`` bounds the total updates over all stages. Runs in float64 by default inside a
-    scoped ``jax.enable_x64`` (the global JAX config is left alone). ``throw=True`` raises
-    :class:`NotConvergedError` unless the status is CONVERGED. ``trace_every = k > 0`` also keeps every k-th iterate
-    (``Solution.trace_params``, for NC dynamics; memory ~ max_steps/k × #params).
+
+def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: float = 1e-6, max_steps: int = 10000,
+          seed: int = 0, init_scale: float = 0.1, init: Optional[Params] = None, dtype: str = "float64", lr=None,
+          trace_every: int = 0, throw: bool = False, progress: Optional[Callable] = None,
+          **problem_kwargs) -> Solution:
+    """Minimise objective (7) for ``problem`` (or ``Problem.create(**problem_kwargs)``) to a stationary point.
+
+    Stationary means both ‖∇f‖ ≤ ``gtol`` and ‖∇f‖ ≤ ``rtol``·(‖∇ data term‖ + ‖∇ penalty‖) (docs/theory.md §7): the
+    absolute test alone says little when the whole gradient is tiny (λ → 0). A stationary point is then tested for
+    an explicit descent direction (:mod:`ufm.secondorder`): a proven saddle ends with status SADDLE, not CONVERGED.
+
+    ``solver``: ``auto`` (Newton-CG; on a stall L-BFGS then Newton-CG again), ``lbfgs``, ``newton``, ``lm``, ``gd``,
+    ``momentum``, ``adam`` or a solver object. ``max_steps`` bounds the total updates over all stages. Runs in
+    float64 by default inside a scoped ``jax.enable_x64`` (the global JAX config is left alone). ``throw=True``
+    raises :class:`NotConvergedError` unless the status is CONVERGED. ``trace_every = k > 0`` also keeps every k-th
+    iterate (``Solution.trace_params``, for NC dynamics). ``progress(event)`` is called after every chunk of steps
+    (a fraction of a second) with a dict: stage, step, f, grad_norm, rel_grad_norm, elapsed, done. The loop runs in
+    such chunks, so Ctrl-C (KeyboardInterrupt) stops a solve within about a chunk. Sizes that cannot fit in memory
+    are refused before any work (:func:`ufm.resources.check_fits`).
 
     >>> sol = solve(K=4, d=4, n=5, lam=5e-3)            # doctest: +SKIP
     >>> sol.status.name, sol.grad_norm < 1e-9           # doctest: +SKIP
     ('CONVERGED', True)
     """
+    from .resources import check_fits
+    from .secondorder import second_order_check
+
     if problem is None:
         problem = Problem.create(**problem_kwargs)
     elif problem_kwargs:
         raise UFMInputError("problem", sorted(problem_kwargs), "pass either a Problem or its keyword arguments, not both")
-    _validate_run_args(seed, init_scale, gtol, max_steps, dtype)
+    _validate_run_args(seed, init_scale, gtol, max_steps, dtype, rtol)
     if isinstance(trace_every, bool) or not isinstance(trace_every, (int, np.integer)) or trace_every < 0:
         raise UFMInputError("--trace-every", trace_every, "must be an integer ≥ 0 (0: no snapshots)")
     solver_obj = as_solver(solver, lr=lr)
     solver_name = solver if isinstance(solver, str) else solver_obj.name
+    check_fits(problem, solver=solver_obj, dtype=dtype, max_steps=max_steps, trace_every=trace_every)
     shape = problem.shape
     stages = solver_obj.stages if isinstance(solver_obj, Chain) else (solver_obj,)
     stage_gtol = solver_obj.stage_gtol if isinstance(solver_obj, Chain) else (None,)
+    every = int(trace_every)
+    # without both penalties the data and total gradients coincide and the ratio is 1 everywhere: not a test
+    scale_free = problem.lam_W > 0 and problem.lam_H > 0
 
     t0 = time.perf_counter()
     with jax.enable_x64(dtype == "float64"):
@@ -125,39 +149,71 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, max_ste
         f_tr, g_tr, stage_steps, snaps, snap_steps = [], [], [], [], []
         steps_left = max_steps
         for i, stage in enumerate(stages):
-            tol = gtol if stage_gtol[i] is None else max(gtol, stage_gtol[i])
-            r = _run_jit(stage, x, reg, shape, jnp.asarray(tol, dtype), jnp.asarray(steps_left, jnp.int32),
-                         (max_steps, trace_every))
-            steps = int(r.steps)
-            status = Status(int(r.status))
-            first = 0 if i == 0 else 1         # a stage starts where the last one ended: record that point once
-            f_tr.append(np.asarray(r.f_trace[first: steps + 1]))
-            g_tr.append(np.asarray(r.g_trace[first: steps + 1]))
-            if trace_every:
-                local = np.arange(first, steps + 1)
-                local = local[local % trace_every == 0]
-                snap_steps.append(local + (max_steps - steps_left))
-                snaps.append(np.asarray(r.snapshots)[local // trace_every])
+            final = stage_gtol[i] is None
+            # an intermediate stage is a warm start: its own looser gtol, no scale-free test
+            tol = gtol if final else max(gtol, stage_gtol[i])
+            stage_rtol = rtol if final and scale_free else np.inf
+            carry = _start(stage, x, reg, shape)
+            n_iter, first_chunk = 1, True
+            while True:
+                tc = time.perf_counter()
+                carry, tr = _advance(stage, carry, reg, shape, jnp.asarray(tol, dtype),
+                                     jnp.asarray(stage_rtol, dtype), jnp.asarray(steps_left, jnp.int32),
+                                     jnp.asarray(n_iter, jnp.int32), jnp.asarray(max_steps - steps_left, jnp.int32),
+                                     CHUNK_LENGTH, every)
+                count = int(tr.count)                           # waits for the chunk: Ctrl-C lands here
+                dt = time.perf_counter() - tc
+                skip = 1 if (i > 0 and first_chunk) else 0      # a stage starts where the last ended: record it once
+                f_tr.append(np.asarray(tr.f[skip:count]))
+                g_tr.append(np.asarray(tr.g[skip:count]))
+                if every:
+                    ns = int(tr.n_snaps)
+                    steps_np = np.asarray(tr.snap_steps[:ns])
+                    keep = steps_np != (max_steps - steps_left) if skip else np.ones(ns, bool)
+                    snap_steps.append(steps_np[keep])
+                    snaps.append(np.asarray(tr.snaps[:ns])[keep])
+                first_chunk = False
+                status_code = int(carry.status)
+                if progress is not None:
+                    progress({"stage": stage.name, "step": max_steps - steps_left + int(carry.k),
+                              "f": float(carry.f), "grad_norm": float(carry.gnorm), "rel_grad_norm": float(carry.rel),
+                              "elapsed": time.perf_counter() - t0, "done": False})
+                if status_code != -1:
+                    break
+                # size the next chunk to about CHUNK_SECONDS of work (traced: no recompilation)
+                n_iter = int(np.clip(CHUNK_SECONDS * count / max(dt, 1e-6), 1, CHUNK_LENGTH))
+            steps = int(carry.k)
+            status = Status(status_code)
             stage_steps.append(steps)
             steps_left -= steps
-            x = r.x
-            if status == Status.NONFINITE or float(r.grad_norm) <= gtol:
+            x = carry.x
+            gnorm_now, rel_now = float(carry.gnorm), float(carry.rel)
+            if status == Status.NONFINITE or (gnorm_now <= gtol and (rel_now <= rtol or not scale_free)):
                 status = Status.NONFINITE if status == Status.NONFINITE else Status.CONVERGED
                 break
             if steps_left <= 0:
                 status = Status.MAX_STEPS
                 break
         params = unflatten(np.asarray(x, dtype=np.float64), shape)
-        objective, grad_norm = float(r.f), float(r.grad_norm)
+        objective, grad_norm, rel_grad_norm = float(carry.f), gnorm_now, rel_now
+    second_order = None
+    if status == Status.CONVERGED:
+        second_order = second_order_check(problem, params, rel_grad_norm)
+        if second_order["saddle"]:
+            status = Status.SADDLE
     wall = time.perf_counter() - t0
+    if progress is not None:
+        progress({"stage": "done", "step": sum(stage_steps), "f": objective, "grad_norm": grad_norm,
+                  "rel_grad_norm": rel_grad_norm, "elapsed": wall, "done": True, "status": status.name.lower()})
 
     sol = Solution(
         problem=problem, params=params, objective=objective, grad_norm=grad_norm, steps=sum(stage_steps),
         status=status, message=MESSAGES[status], solver=solver_name, gtol=float(gtol), seed=int(seed),
         init_scale=float(init_scale), dtype=dtype, wall_time=wall,
         trace_objective=np.concatenate(f_tr), trace_grad_norm=np.concatenate(g_tr), stage_steps=tuple(stage_steps),
-        trace_steps=np.concatenate(snap_steps) if trace_every else None,
-        trace_params=np.concatenate(snaps).astype(np.float64) if trace_every else None,
+        trace_steps=np.concatenate(snap_steps) if every else None,
+        trace_params=np.concatenate(snaps).astype(np.float64) if every else None,
+        rel_grad_norm=rel_grad_norm, rtol=float(rtol), second_order=second_order,
     )
     if throw and not sol.converged:
         raise NotConvergedError(sol)

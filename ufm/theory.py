@@ -129,8 +129,12 @@ def theory_optimum(problem: Problem) -> TheoryOptimum:
     loss = problem.loss
     if lam_W <= 0 or lam_H <= 0:
         return _no_theory("theory needs λ_W > 0 and λ_H > 0 (without weight decay the norms blow up)")
-    c = float(np.sqrt(n * lam_W * lam_H))
-    sc = float(np.sqrt(n * lam_H / lam_W))   # ‖W*‖_F² = sc·|t*| (theory.md §3.2)
+    # square roots first: n·λ_W·λ_H underflows to 0 for λ's near 1e-160 while c itself is representable
+    c = float(np.sqrt(n) * np.sqrt(lam_W) * np.sqrt(lam_H))
+    sc = float(np.sqrt(n) * np.sqrt(lam_H) / np.sqrt(lam_W))   # ‖W*‖_F² = sc·|t*| (theory.md §3.2)
+    if c == 0.0 or not np.isfinite(sc):
+        return _no_theory(f"c = √(nλ_Wλ_H) underflows float64 at λ_W = {lam_W:g}, λ_H = {lam_H:g}: the optimum's "
+                          "margins are beyond what float64 represents")
 
     if isinstance(loss, (CrossEntropy, LabelSmoothing, FocalLoss)):
         if d < K - 1:
