@@ -201,14 +201,6 @@ def main(argv=None) -> int:
         import jax
 
         jax.config.update("jax_enable_x64", True)   # before any computation: certification needs float64
-        commands.STDOUT = sys.stdout
-        if getattr(args, "json", False):
-            # --json promises exactly one JSON document on stdout: anything else printed meanwhile (a user loss
-            # module, a library) goes to stderr; the command writes its document through commands.emit
-            import contextlib
-
-            with contextlib.redirect_stdout(sys.stderr):
-                return args.func(args)
         return args.func(args)
     except UFMInputError as exc:
         sys.stderr.write(f"{prefix} {exc}\n")

@@ -10,15 +10,12 @@ import sys
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED = 0, 2, 3
 
-#: the real standard output, set by ``cli.main`` before a ``--json`` command redirects stray prints to stderr
-STDOUT = None
 
 
 def emit(text: str) -> None:
     """Write the command's result to standard output (the JSON document, or the human summary)."""
-    out = STDOUT or sys.stdout
-    out.write(text + "\n")
-    out.flush()
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def problem_from_args(args):
@@ -91,6 +88,12 @@ def cmd_solve(args) -> int:
     from .report import save_npz, solution_record, to_json
     from .solvers import solve
 
+    from .methods import as_solver
+    from .solvers import _validate_run_args
+
+    # every flag checked before any work: the run options, the output path, then the problem
+    _validate_run_args(args.seed, args.init_scale, args.gtol, args.max_steps, args.dtype, args.rtol)
+    as_solver(args.solver, lr=args.lr)
     _check_save_folder(args.save)
     problem = problem_from_args(args)
     sol = solve(problem, solver=args.solver, gtol=args.gtol, rtol=args.rtol, max_steps=args.max_steps, seed=args.seed,

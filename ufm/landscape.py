@@ -84,7 +84,7 @@ def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian:
         sol = find_critical_point(problem, seed=i, scale=scales[i % len(scales)], gtol=gtol)
         if progress:
             progress(i + 1, starts)
-        if sol.status != Status.CONVERGED:
+        if sol.status not in (Status.CONVERGED, Status.SADDLE):     # LM looks for critical points of any kind
             continue
         converged += 1
         x = flatten(sol.params, xp=np)

@@ -136,7 +136,13 @@ class UserLoss(Loss):
     name = "user"
 
     def __call__(self, z, labels):
-        return self.fn(z, labels)
+        import contextlib
+        import sys
+
+        # the user's function runs (is traced) inside ufm's commands: whatever it prints goes to stderr, so that
+        # ``--json`` keeps stdout to one JSON document
+        with contextlib.redirect_stdout(sys.stderr):
+            return self.fn(z, labels)
 
     def params(self) -> dict:
         return {"function": self.label}

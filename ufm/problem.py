@@ -85,7 +85,7 @@ def _check_user_loss(loss: UserLoss, K: int, N: int):
     import jax.numpy as jnp
 
     try:
-        out = jax.eval_shape(loss.fn, jax.ShapeDtypeStruct((N, K), jnp.float32), jax.ShapeDtypeStruct((N,), jnp.int32))
+        out = jax.eval_shape(loss, jax.ShapeDtypeStruct((N, K), jnp.float32), jax.ShapeDtypeStruct((N,), jnp.int32))
     except Exception as exc:  # the user's code failed to trace; report it in one line
         raise UFMInputError("--loss", loss.label, f"it must be JAX-traceable on logits (N, K) and labels (N,) "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None

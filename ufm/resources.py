@@ -28,6 +28,8 @@ _LOGIT_COPIES = 10
 _DENSE_COPIES = 8
 #: Lanczos basis vectors ARPACK keeps (ncv ≤ 40 here) plus the HVP's temporaries
 _LANCZOS_VECTORS = 48
+#: iterations per solver chunk (solvers.CHUNK_LENGTH): the device-side trace buffers are this long
+_CHUNK = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +103,9 @@ def estimate(problem, *, solver="auto", dtype: str = "float64", max_steps: int =
     parts = {
         "parameters and solver state": vectors * P * item,
         "logits and their derivatives": _LOGIT_COPIES * NK * item,
-        # NC snapshots grow with the steps actually taken; this is the bound at max_steps
-        "NC snapshots": (max_steps // trace_every + 1) * P * 8 if trace_every else 0,
+        # one chunk's snapshot buffer on the device; the host keeps what is recorded and thins it past a quarter of
+        # the memory available (solvers.solve), so max_steps does not enter
+        "NC snapshots": (min(max_steps, _CHUNK) // trace_every + 1) * P * item if trace_every else 0,
     }
     if hessian == "dense":
         parts["dense Hessian"] = _DENSE_COPIES * P * P * 8
@@ -120,5 +123,5 @@ def check_fits(problem, *, flag: str = "-K/-d/-n", **kwargs) -> Estimate:
                             f"needs about {human(est.total)} ({est.describe()}), more than the {human(have)} "
                             "available; use smaller sizes"
                             + (" or --hessian lanczos" if kwargs.get("hessian") == "dense" else "")
-                            + (" or a larger --trace-every" if kwargs.get("trace_every") else ""))
+                            )
     return est

@@ -54,6 +54,7 @@ class Solution:
     rel_grad_norm: float = float("nan")            # ‖∇f‖ / (‖∇ data term‖ + ‖∇ penalty‖), docs/theory.md §7
     rtol: float = 1e-6
     second_order: Optional[dict] = None            # secondorder.second_order_check at a stationary end point
+    trace_stride: int = 0                          # steps between kept snapshots: trace_every, doubled when thinned
 
     @property
     def converged(self) -> bool:
@@ -63,9 +64,10 @@ class Solution:
 def init_params(problem: Problem, seed: int = 0, scale: float = 0.1, dtype="float64") -> Params:
     """Seeded i.i.d. N(0, scale²) entries for W, H and b (numpy's PCG64: reproducible across JAX versions)."""
     rng = np.random.default_rng(seed)
-    W = scale * rng.standard_normal((problem.K, problem.d))
-    H = scale * rng.standard_normal((problem.d, problem.N))
-    b = scale * rng.standard_normal(problem.K) if problem.bias else None
+    with np.errstate(over="ignore"):          # a huge scale overflows to inf: the solve then reports NONFINITE
+        W = scale * rng.standard_normal((problem.K, problem.d))
+        H = scale * rng.standard_normal((problem.d, problem.N))
+        b = scale * rng.standard_normal(problem.K) if problem.bias else None
     cast = lambda a: None if a is None else a.astype(dtype)
     return Params(cast(W), cast(H), cast(b))
 
@@ -111,7 +113,8 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: f
     ``momentum``, ``adam`` or a solver object. ``max_steps`` bounds the total updates over all stages. Runs in
     float64 by default inside a scoped ``jax.enable_x64`` (the global JAX config is left alone). ``throw=True``
     raises :class:`NotConvergedError` unless the status is CONVERGED. ``trace_every = k > 0`` also keeps every k-th
-    iterate (``Solution.trace_params``, for NC dynamics). ``progress(event)`` is called after every chunk of steps
+    iterate (``Solution.trace_params``, for NC dynamics; thinned to every 2ʲ·k-th when they would pass a quarter of the
+    memory available, ``Solution.trace_stride``). ``progress(event)`` is called after every chunk of steps
     (a fraction of a second) with a dict: stage, step, f, grad_norm, rel_grad_norm, elapsed, done. The loop runs in
     such chunks, so Ctrl-C (KeyboardInterrupt) stops a solve within about a chunk. Sizes that cannot fit in memory
     are refused before any work (:func:`ufm.resources.check_fits`).
@@ -120,7 +123,7 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: f
     >>> sol.status.name, sol.grad_norm < 1e-9           # doctest: +SKIP
     ('CONVERGED', True)
     """
-    from .resources import check_fits
+    from .resources import available_bytes, check_fits
     from .secondorder import second_order_check
 
     if problem is None:
@@ -137,6 +140,10 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: f
     stages = solver_obj.stages if isinstance(solver_obj, Chain) else (solver_obj,)
     stage_gtol = solver_obj.stage_gtol if isinstance(solver_obj, Chain) else (None,)
     every = int(trace_every)
+    # NC snapshots live on the host and grow with the steps taken; past a quarter of the memory available they are
+    # thinned (the stride doubles), so a long traced run never runs out of memory
+    stride = every
+    snapshot_budget = available_bytes() // 4
     # without both penalties the data and total gradients coincide and the ratio is 1 everywhere: not a test
     scale_free = problem.lam_W > 0 and problem.lam_H > 0
 
@@ -169,9 +176,19 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: f
                 if every:
                     ns = int(tr.n_snaps)
                     steps_np = np.asarray(tr.snap_steps[:ns])
-                    keep = steps_np != (max_steps - steps_left) if skip else np.ones(ns, bool)
+                    keep = steps_np % stride == 0
+                    if skip:
+                        keep &= steps_np != (max_steps - steps_left)
                     snap_steps.append(steps_np[keep])
                     snaps.append(np.asarray(tr.snaps[:ns])[keep])
+                    kept = sum(a.shape[0] for a in snaps)
+                    if kept * x.size * 8 > snapshot_budget:
+                        # over budget: keep every other snapshot from now on (and of those kept), instead of
+                        # running out of memory on a long traced run
+                        stride *= 2
+                        allsteps, allsnaps = np.concatenate(snap_steps), np.concatenate(snaps)
+                        sel = allsteps % stride == 0
+                        snap_steps, snaps = [allsteps[sel]], [allsnaps[sel]]
                 first_chunk = False
                 status_code = int(carry.status)
                 if progress is not None:
@@ -213,7 +230,7 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: f
         trace_objective=np.concatenate(f_tr), trace_grad_norm=np.concatenate(g_tr), stage_steps=tuple(stage_steps),
         trace_steps=np.concatenate(snap_steps) if every else None,
         trace_params=np.concatenate(snaps).astype(np.float64) if every else None,
-        rel_grad_norm=rel_grad_norm, rtol=float(rtol), second_order=second_order,
+        rel_grad_norm=rel_grad_norm, rtol=float(rtol), second_order=second_order, trace_stride=stride,
     )
     if throw and not sol.converged:
         raise NotConvergedError(sol)

@@ -1,0 +1,337 @@
+"""The edges of `ufm solve`: non-finite results in the human output, honest convergence (scale-free stationarity,
+saddles named, problems without a minimiser refused), memory and paths checked before work, interruption, user loss
+modules, and a fuzz of bad values over every solve flag. Each test checks the class of input, through the human
+output as well as --json."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ufm
+from ufm.cli import build_parser, main
+
+SMALL = ["-K", "4", "-d", "6", "-n", "5"]
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------------------------------------- non-finite output
+
+NONFINITE_CASES = [
+    ["--solver", "gd", "--lr", "1e4"],
+    ["--init-scale", "1e308"],
+    ["--init-scale", "1e200", "--lam", "5e-3"],
+]
+
+
+@pytest.mark.parametrize("args", NONFINITE_CASES, ids=" ".join)
+@pytest.mark.parametrize("json_out", [False, True], ids=["human", "json"])
+def test_nonfinite_results_print_and_exit_3(capsys, args, json_out):
+    code, out, err = run(capsys, "solve", *SMALL, *args, *(["--json"] if json_out else []))
+    assert code == 3, err
+    assert "Traceback" not in err
+    if json_out:
+        rec = json.loads(out)
+        assert rec["status"] == "nonfinite" and rec["converged"] is False
+    else:
+        assert "nonfinite" in out and "—" in out
+
+
+def test_user_loss_with_nan_gradient_is_nonfinite_in_both_outputs(capsys, tmp_path, monkeypatch):
+    # value finite, gradient NaN: the unselected branch of a where has an infinite derivative
+    (tmp_path / "nanloss.py").write_text(textwrap.dedent("""
+        import jax, jax.numpy as jnp
+        def loss(z, y):
+            z0 = z[:, 0]
+            return jnp.where(True, jax.nn.softplus(z0), jnp.sqrt(-1.0 - z0 ** 2))
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for extra in ([], ["--json"]):
+        code, out, err = run(capsys, "solve", *SMALL, "--loss", "nanloss:loss", *extra)
+        assert code == 3 and "Traceback" not in err
+        assert ("nonfinite" in out) if not extra else json.loads(out)["status"] == "nonfinite"
+
+
+# ------------------------------------------------------------------------------------------- honest convergence
+
+
+def test_tiny_lambda_converges_only_at_the_optimum(capsys):
+    # ‖∇f‖ ≤ gtol alone "converged" 117% above the optimum here; the scale-free test keeps the solver going
+    code, out, _ = run(capsys, "solve", *SMALL, "--lam", "1e-12", "--json")
+    rec = json.loads(out)
+    assert rec["rel_grad_norm"] <= rec["rtol"]
+    if rec["converged"]:
+        assert abs(rec["theory"]["rel_gap"]) <= 1e-8
+    else:
+        assert code == 3
+
+
+def test_scale_free_stationarity_matches_an_independent_computation():
+    prob = ufm.Problem.create(4, 6, 5, lam_W=3e-3, lam_H=7e-3, lam_b=1e-3, loss="ls", alpha=0.2)
+    sol = ufm.solve(prob, max_steps=3)                  # stopped early: a point with a sizeable gradient
+    W, H, b = sol.params
+    x = ufm.model.flatten(sol.params, xp=np)
+    with jax.enable_x64(True):
+        g = np.asarray(jax.grad(lambda v: ufm.model.flat_objective(v, prob.reg, prob.shape))(jnp.asarray(x)))
+    pen = np.concatenate([3e-3 * W.ravel(), 7e-3 * H.ravel(), 1e-3 * b])
+    expected = np.linalg.norm(g) / (np.linalg.norm(g - pen) + np.linalg.norm(pen) + 3e-3)
+    assert sol.rel_grad_norm == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--lam", "0"], "--lam"),
+    (["--lam-w", "0", "--lam-h", "0.01"], "--lam-w"),
+    (["--lam-h", "0", "--lam", "0.01"], "--lam-h"),
+    (["--lam-w", "0", "--loss", "mse"], "--lam-w"),
+    (["--lam", "0", "--loss", "fl"], "--lam"),
+    (["--lam", "0", "--loss", "ls"], "--lam"),
+])
+def test_problems_without_a_minimiser_are_refused(capsys, args, flag):
+    code, out, err = run(capsys, "solve", *SMALL, *args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and f"error: {flag}:" in err and "no minimiser" in err
+
+
+def test_mse_without_penalties_has_a_minimiser_and_is_solved(capsys):
+    code, out, _ = run(capsys, "solve", *SMALL, "--lam", "0", "--loss", "mse", "--json")
+    rec = json.loads(out)
+    assert code == 0 and rec["status"] == "converged"
+
+
+@pytest.mark.parametrize("json_out", [False, True], ids=["human", "json"])
+def test_zero_init_is_named_a_saddle_not_converged(capsys, json_out):
+    code, out, _ = run(capsys, "solve", *SMALL, "--lam", "5e-3", "--init-scale", "0", *(["--json"] if json_out else []))
+    assert code == 3
+    if json_out:
+        rec = json.loads(out)
+        assert rec["status"] == "saddle" and not rec["converged"]
+        so = rec["second_order"]
+        assert so["checked"] and so["saddle"] and so["curvature"] < 0
+    else:
+        assert "saddle after 0 steps" in out and "NOT a minimiser" in out
+
+
+def test_saddle_verdict_agrees_with_the_dense_hessian():
+    # oracle: the smallest eigenvalue of the dense Hessian at the origin (negative below the threshold)
+    prob = ufm.Problem.create(3, 4, 2, lam=0.05)
+    sol = ufm.solve(prob, init_scale=0.0)
+    with jax.enable_x64(True):
+        Hd = jax.hessian(lambda v: ufm.model.flat_objective(v, prob.reg, prob.shape))(jnp.zeros(prob.num_params))
+    lam_min = float(np.linalg.eigvalsh(np.asarray(Hd))[0])
+    assert lam_min < 0 and sol.status == ufm.Status.SADDLE
+    # and at the optimum the test finds no descent direction
+    best = ufm.solve(prob)
+    assert best.converged and best.second_order["checked"] and not best.second_order["saddle"]
+
+
+def test_origin_above_the_threshold_is_a_converged_minimum():
+    # K√(nλ²) ≥ 1: the origin is the global minimiser (trivial collapse): converged, and not called a saddle
+    sol = ufm.solve(ufm.Problem.create(4, 6, 5, lam=0.2), init_scale=0.0)
+    assert sol.converged and not sol.second_order["saddle"]
+
+
+def test_underflowing_lambda_is_handled(capsys):
+    for extra in ([], ["--json"]):
+        code, out, err = run(capsys, "solve", *SMALL, "--lam", "1e-300", "--max-steps", "200", *extra)
+        assert code in (0, 3) and "Traceback" not in err and out
+
+
+# -------------------------------------------------------------------------------------- checked before any work
+
+
+@pytest.fixture
+def no_solve(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("solve ran before the input was checked")
+
+    monkeypatch.setattr(ufm.solvers, "solve", boom)
+
+
+@pytest.mark.parametrize("path_kind", ["proc", "folder", "missing", "readonly_file"])
+def test_bad_save_paths_are_refused_before_work(capsys, tmp_path, no_solve, path_kind):
+    path = {"proc": "/proc/ufm-test/x.npz", "folder": str(tmp_path), "missing": str(tmp_path / "no" / "x.npz"),
+            "readonly_file": "/proc/version"}[path_kind]
+    code, out, err = run(capsys, "solve", *SMALL, "--save", path)
+    assert code == 2 and err.startswith("ufm solve: error: --save:") and err.count("\n") == 1
+
+
+def test_a_failed_write_after_the_solve_keeps_the_result(capsys, tmp_path, monkeypatch):
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ufm.report, "save_npz", full_disk)
+    code, out, err = run(capsys, "solve", *SMALL, "--lam", "5e-3", "--save", str(tmp_path / "x.npz"), "--json")
+    assert json.loads(out)["status"] == "converged"         # the result reached the user
+    assert code == 2 and "No space left" in err and "result above is complete" in err
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["-K", "100000", "-d", "10000", "-n", "1000"], "-K/-d/-n"),
+    (["-K", "1000", "-d", "100000", "-n", "100000"], "-K/-d/-n"),
+    (["--max-steps", "3000000000"], "--max-steps"),
+    (["--seed", str(2**63)], "--seed"),
+])
+def test_sizes_that_cannot_fit_fail_fast(capsys, args, flag):
+    t0 = time.perf_counter()
+    code, out, err = run(capsys, "solve", *args)
+    assert code == 2 and f"error: {flag}:" in err and err.count("\n") == 1
+    assert time.perf_counter() - t0 < 10
+
+
+def test_memory_estimate_refuses_in_python_with_the_estimate(monkeypatch):
+    monkeypatch.setenv("UFM_MEMORY_LIMIT", "1M")
+    with pytest.raises(ufm.UFMInputError, match=r"^-K/-d/-n: .*needs about .* more than the 1 MiB available"):
+        ufm.solve(ufm.Problem.create(10, 64, 100))
+
+
+def test_snapshot_memory_does_not_grow_with_max_steps(monkeypatch):
+    from ufm.resources import estimate
+
+    prob = ufm.Problem.create()
+    a = estimate(prob, trace_every=1, max_steps=10_000).total
+    b = estimate(prob, trace_every=1, max_steps=10**9).total
+    assert a == b < 2**30            # was (max_steps + 1)·P·8 bytes: 5 GB at 10⁴ steps
+
+
+def test_traced_snapshots_are_thinned_past_the_budget(monkeypatch):
+    prob = ufm.Problem.create(4, 6, 5, lam=5e-3)
+    P = prob.num_params
+    # a host budget (a quarter of the limit) of 30 snapshots, for a run asking for one every 8 steps for 600 steps
+    monkeypatch.setenv("UFM_MEMORY_LIMIT", str(4 * 30 * P * 8))
+    sol = ufm.solve(prob, solver="gd", max_steps=600, gtol=1e-30, trace_every=8)
+    assert sol.steps == 600 and sol.trace_stride in (16, 32)
+    assert len(sol.trace_steps) <= 30 and np.all(sol.trace_steps % sol.trace_stride == 0)
+    np.testing.assert_array_equal(np.diff(sol.trace_steps), sol.trace_stride)
+    assert sol.trace_steps[0] == 0 and sol.trace_steps[-1] > 600 - sol.trace_stride
+
+
+# ------------------------------------------------------------------------------------------------ interruption
+
+
+def test_ctrl_c_stops_a_long_solve_within_seconds(tmp_path):
+    cmd = [sys.executable, "-m", "ufm.cli", "solve", *SMALL, "--solver", "gd", "--gtol", "1e-300",
+           "--max-steps", "2000000000", "--verbose"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()             # the first chunk has run: we are inside the solver loop
+        assert "step" in line, line
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        stopped = time.perf_counter() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and stopped < 3.0, (proc.returncode, stopped)
+    assert "interrupted" in proc.stderr.read()
+
+
+# ------------------------------------------------------------------------------------------- user loss modules
+
+RUNNER = "import sys\nfrom ufm.cli import main\nsys.exit(main())\n"
+
+
+def _run_console(tmp_path, *args):
+    """Run the CLI as the console script does: the script's folder, not the current folder, is on sys.path."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "ufm_runner.py").write_text(RUNNER)
+    work = tmp_path / "work"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    root = str(pathlib.Path(ufm.__file__).parents[1])
+    env["PYTHONPATH"] = root                      # ufm itself, as an installed package would be
+    return subprocess.run([sys.executable, str(bindir / "ufm_runner.py"), *args], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_user_loss_module_in_the_current_folder_and_printing(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "myloss.py").write_text(textwrap.dedent("""
+        import jax
+        print("hello from myloss at import")
+        def ce(z, y):
+            print("tracing myloss")
+            return jax.nn.logsumexp(z, axis=-1) - z[jax.numpy.arange(z.shape[0]), y]
+    """))
+    r = _run_console(tmp_path, "solve", *SMALL, "--lam", "5e-3", "--loss", "myloss:ce", "--json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)                    # stdout is exactly one JSON document
+    assert rec["status"] == "converged"
+    assert "hello from myloss" in r.stderr and "tracing myloss" in r.stderr
+
+
+def test_user_loss_module_calling_sys_exit_is_an_error(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "quitter.py").write_text("import sys\nsys.exit(0)\n")
+    r = _run_console(tmp_path, "solve", *SMALL, "--loss", "quitter:fn")
+    assert r.returncode == 2 and "sys.exit(0)" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_an_internal_error_is_one_line_not_a_traceback(capsys, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("synthetic failure\nsecond line")
+
+    monkeypatch.setattr(ufm.solvers, "solve", broken)
+    monkeypatch.delenv("UFM_DEBUG", raising=False)
+    code, out, err = run(capsys, "solve", *SMALL)
+    assert code == 1 and err.count("\n") == 1 and "internal error: RuntimeError: synthetic failure" in err
+
+
+# ------------------------------------------------------------------------------------------------ flag fuzz
+
+
+def _solve_value_flags():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["solve"]
+    return [a for a in sub._actions if a.option_strings and a.nargs is None and a.type is not None]
+
+
+BAD_NUMBERS = ["abc", "", "nan", "inf", "-inf", "1e999", "-5", "-1e-3", "0x1g", "1,5", " "]
+
+
+@pytest.mark.parametrize("action", _solve_value_flags(), ids=lambda a: a.option_strings[-1])
+def test_fuzz_every_numeric_solve_flag(capsys, action, no_solve):
+    """Every numeric flag given a value that is never valid: exit 2, one line on stderr naming the flag."""
+    for bad in BAD_NUMBERS:
+        flag = action.option_strings[-1]
+        code = _main_code(["solve", flag, bad])
+        out, err = capsys.readouterr()
+        assert code == 2, (flag, bad, err)
+        assert err.count("\n") == 1 and "Traceback" not in err, (flag, bad, err)
+        assert any(s in err for s in action.option_strings), (flag, bad, err)
+
+
+def test_fuzz_choice_flags_and_unknown_names(capsys, no_solve):
+    for args, flag in [(["--solver", "bogus"], "--solver"), (["--dtype", "float16"], "--dtype"),
+                       (["--loss", "bogus"], "--loss"), (["--loss", "nosuchmodule:fn"], "--loss"),
+                       (["--loss", "os:path_that_is_missing"], "--loss"), (["--loss", "ce", "--gamma", "2"], "--gamma"),
+                       (["--loss", "ls", "--alpha", "1"], "--alpha"), (["--loss", "mse", "--kappa", "0"], "--kappa"),
+                       (["--solver", "lbfgs", "--lr", "0.1"], "--lr"), (["--no-bias", "--lam-b", "0.1"], "--lam-b"),
+                       (["-K", "1"], "-K"), (["-d", "0"], "-d"), (["--trace-every", "-1"], "--trace-every")]:
+        code = _main_code(["solve", *args])
+        out, err = capsys.readouterr()
+        assert code == 2 and err.count("\n") == 1 and flag in err, (args, err)
+
+
+def _main_code(argv):
+    try:
+        return main(argv)
+    except SystemExit as exc:            # argparse's own errors exit through _Parser.error
+        return exc.code
