@@ -1,5 +1,15 @@
-import jax
-import pytest
+import os
+import tempfile
+
+# Subprocess tests (the CLI, sweep workers, experiments) each start a fresh JAX: a persistent compilation cache shared
+# by the session lets the second process that compiles a program load it instead (measured: a small `ufm solve`
+# 10.8 s cold, 4.8 s from the cache). It lives in a temporary folder, so every test run starts clean.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ufm-tests-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Certification runs in float64; strict rank promotion turns silent broadcasting bugs into errors.
 jax.config.update("jax_enable_x64", True)
