@@ -99,7 +99,8 @@ def test_scale_free_stationarity_matches_an_independent_computation():
     (["--lam-h", "0", "--lam", "0.01"], "--lam-h"),
     (["--lam-w", "0", "--loss", "mse"], "--lam-w"),
     (["--lam", "0", "--loss", "fl"], "--lam"),
-    (["--lam", "0", "--loss", "ls"], "--lam"),
+    (["--lam", "0", "--loss", "ls", "--alpha", "0"], "--lam"),
+    (["--lam-w", "0", "--lam-h", "0.01", "--loss", "ls"], "--lam-w"),
 ])
 def test_problems_without_a_minimiser_are_refused(capsys, args, flag):
     code, out, err = run(capsys, "solve", *SMALL, *args)
@@ -107,8 +108,10 @@ def test_problems_without_a_minimiser_are_refused(capsys, args, flag):
     assert err.count("\n") == 1 and f"error: {flag}:" in err and "no minimiser" in err
 
 
-def test_mse_without_penalties_has_a_minimiser_and_is_solved(capsys):
-    code, out, _ = run(capsys, "solve", *SMALL, "--lam", "0", "--loss", "mse", "--json")
+@pytest.mark.parametrize("loss", [["--loss", "mse"], ["--loss", "ls", "--alpha", "0.2"]], ids=["mse", "ls"])
+def test_losses_with_a_minimiser_without_penalties_are_solved(capsys, loss):
+    # MSE (least squares) and LS with α > 0 (a finite-margin optimum) attain their minimum at λ_W = λ_H = 0
+    code, out, _ = run(capsys, "solve", *SMALL, "--lam", "0", *loss, "--json")
     rec = json.loads(out)
     assert code == 0 and rec["status"] == "converged"
 

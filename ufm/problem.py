@@ -98,15 +98,15 @@ def _check_minimiser_exists(p) -> None:
     """Refuse the λ's for which (7) has no minimiser (docs/theory.md §7), so no solve can report one.
 
     With λ_W = 0 < λ_H (or the reverse), (tW, H/t) keeps Z = WH and shrinks the penalty as t → ∞: f decreases
-    towards the infimum of the loss term and never attains it, for every built-in loss. With λ_W = λ_H = 0 the
-    softmax losses (CE, FL, LS) still have no minimiser (the loss → 0 only as the margins → ∞), while MSE attains
-    its least-squares minimum. A user loss is not judged."""
+    towards the infimum of the loss term and never attains it, for every built-in loss. With λ_W = λ_H = 0, CE and
+    FL still have no minimiser (the loss → 0 only as the margins → ∞), while MSE and LS with α > 0 (its smoothed
+    target is met at finite logits) attain their minimum. A user loss is not judged."""
     if isinstance(p.loss, UserLoss) or (p.lam_W > 0 and p.lam_H > 0):
         return
     flag = "--lam-w" if p.lam_W == 0 else "--lam-h"
     value = p.lam_W if p.lam_W == 0 else p.lam_H
     if p.lam_W == 0 and p.lam_H == 0:
-        if p.loss.name == "mse":
+        if p.loss.name == "mse" or (p.loss.name == "ls" and p.loss.alpha > 0):
             return
         raise UFMInputError("--lam", 0.0, f"with λ_W = λ_H = 0 the {p.loss.name.upper()} objective has no minimiser "
                             "(f → 0 only as the margins → ∞; docs/theory.md §7); give λ_W > 0 and λ_H > 0")
