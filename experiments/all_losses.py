@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import pathlib
 import tempfile
 import time
 
@@ -28,6 +29,8 @@ from ufm.metrics import class_means
 
 LOSSES = [("ce", {}, None), ("ls", dict(alpha=0.1), None), ("fl", dict(gamma=2.0), None), ("mse", dict(kappa=1.0), 0.0)]
 
+FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
+
 
 def gram(H, labels, K):
     M, mu = class_means(H, labels, K)
@@ -35,12 +38,21 @@ def gram(H, labels, K):
     return G / np.linalg.norm(G)
 
 
-def main():
+def parse_args(argv=None):
+    """The flags; ``--out`` defaults to the tracked figures/, or with ``--quick`` to the git-ignored figures/quick/, so
+    a reduced run never overwrites a committed figure."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="figures")
+    ap.add_argument("--out", help="output folder (default figures/; with --quick figures/quick/, git-ignored)")
     ap.add_argument("--quick", action="store_true", help="one small instance (for the test suite)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    args.out = args.out or str(FIGURES / "quick" if args.quick else FIGURES)
+    return args
+
+
+def main():
+    args = parse_args()
     os.makedirs(args.out, exist_ok=True)
+    print(f"writing to {args.out}")
     t0 = time.perf_counter()
     instances = [(4, 6, 10, 5e-3)] if args.quick else [(4, 6, 10, 5e-3), (10, 16, 20, 1e-3), (10, 64, 100, 5e-4)]
     rows = ["| K | d | n | λ | loss | ‖∇f‖ | rel. gap f | rel. err ‖W‖² | rel. err ‖H‖² | NC1 | NC2_W | NC2_H | NC3 |",

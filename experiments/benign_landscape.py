@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import tempfile
 import time
 
@@ -25,6 +26,8 @@ import matplotlib.pyplot as plt
 import ufm
 from ufm import plots
 from ufm.landscape import save_landscape
+
+FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
 
 
 def census_row(name, prob, starts):
@@ -43,12 +46,21 @@ def census_row(name, prob, starts):
     return row, cs
 
 
-def main():
+def parse_args(argv=None):
+    """The flags; ``--out`` defaults to the tracked figures/, or with ``--quick`` to the git-ignored figures/quick/, so
+    a reduced run never overwrites a committed figure."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="figures")
+    ap.add_argument("--out", help="output folder (default figures/; with --quick figures/quick/, git-ignored)")
     ap.add_argument("--quick", action="store_true", help="fewer starts, small K only (for the test suite)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    args.out = args.out or str(FIGURES / "quick" if args.quick else FIGURES)
+    return args
+
+
+def main():
+    args = parse_args()
     os.makedirs(args.out, exist_ok=True)
+    print(f"writing to {args.out}")
     t0 = time.perf_counter()
     starts = 4 if args.quick else 16
     rows = ["| loss | K | d | n | λ | starts | converged | distinct points | classes | escapes → global | "

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import tempfile
 import time
 
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patheffects as pe
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -27,13 +29,24 @@ from ufm.grid import build_grid
 from ufm.store import export_sweep, load_sweep
 from ufm.sweep import run_sweep
 
+FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
+
+
+def parse_args(argv=None):
+    """The flags; ``--out`` defaults to the tracked figures/, or with ``--quick`` to the git-ignored figures/quick/, so
+    a reduced run never overwrites a committed figure."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", help="output folder (default figures/; with --quick figures/quick/, git-ignored)")
+    ap.add_argument("--quick", action="store_true", help="a 12-point grid (for the test suite)")
+    args = ap.parse_args(argv)
+    args.out = args.out or str(FIGURES / "quick" if args.quick else FIGURES)
+    return args
+
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="figures")
-    ap.add_argument("--quick", action="store_true", help="a 12-point grid (for the test suite)")
-    args = ap.parse_args()
+    args = parse_args()
     os.makedirs(args.out, exist_ok=True)
+    print(f"writing to {args.out}")
     t0 = time.perf_counter()
     spec = dict(K="3,6", d="2,6", n="5", lam="log:3e-3:3e-1:3", analyze=True) if args.quick else \
         dict(K="3,4,6,8", d="2,3,5,7,9", n="5", lam="log:1e-3:3e-1:7", analyze=True)
@@ -69,16 +82,21 @@ def main():
     fig, ax = plt.subplots(figsize=(7, 5))
     plots.plot_phase(ax, {"df": big_d}, x="K", y="lam_W", color="NC2_W")
     ax.set_title(f"NC2 of W, d = {int(big_d['d'].iloc[0])} (≥ K − 1), CE, n = 5\nabove the dashed boundary W* = 0 "
-                 "(trivial collapse): NC2 there measures round-off", fontsize=9)
+                 "(trivial collapse, hatched): NC2 there is undefined", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "phase_K_lambda.png"), dpi=110)
     plt.close(fig)
     big_K = df[df["K"] == df["K"].max()]
     fig, ax = plt.subplots(figsize=(7, 5))
     plots.plot_phase(ax, {"df": big_K}, x="d", y="lam_W", color="NC2_W")
-    ax.axvline(np.searchsorted(np.sort(big_K["d"].unique()), int(big_K["K"].iloc[0]) - 1), color="white", ls=":",
-               label="d = K − 1")
-    ax.legend(fontsize=7)
+    ds = np.sort(big_K["d"].unique())
+    # cells sit at their d values: the line runs along the lower edge of the first cell with d ≥ K − 1
+    edge = plots.cell_edges(ds)[0][np.searchsorted(ds, int(big_K["K"].iloc[0]) - 1)]
+    line = ax.axvline(edge, color="white", ls=":", lw=2, label="d = K − 1",
+                      path_effects=[pe.Stroke(linewidth=3.5, foreground="black"), pe.Normal()])
+    legend = ax.get_legend()
+    ax.legend(handles=(legend.legend_handles if legend else []) + [line], fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.13), frameon=False)
     ax.set_title(f"NC2 of W, K = {int(big_K['K'].iloc[0])}, CE, n = 5: the ETF needs d ≥ K − 1", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "phase_d_lambda.png"), dpi=110)

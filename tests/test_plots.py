@@ -25,15 +25,15 @@ def saved(tmp_path_factory):
                  "--json"]) == 0
     assert main(["solve", "-K", "3", "-d", "4", "-n", "5", "--lam", "5e-3", "--solver", "gd", "--gtol", "1e-6",
                  "--max-steps", "5000", "--trace-every", "50", "--save", str(paths["dyn"]), "--json"]) == 0
-    assert main(["landscape", "-K", "3", "-d", "4", "-n", "2", "--lam", "0.05", "--at", "origin", "--save",
+    assert main(["landscape", "-K", "3", "-d", "4", "-n", "2", "--lam", "0.05", "--at", "origin", "--no-escape", "--save",
                  str(paths["land"]), "--json"]) == 0
     assert main(["sweep", "-K", "3,4,5", "-d", "5", "-n", "2", "--lam", "log:1e-2:5e-1:4", "--store", str(paths["sweep"]),
                  "--quiet"]) == 0
     return paths
 
 
-@pytest.mark.parametrize("kind, key", [("etf", "etf3"), ("etf", "etf4"), ("dynamics", "dyn"), ("spectrum", "land"),
-                                       ("slice", "land"), ("phase", "sweep")])
+@pytest.mark.parametrize("kind, key", [("etf", "etf3"), ("etf", "etf4"), ("gram", "etf4"), ("dynamics", "dyn"),
+                                       ("spectrum", "land"), ("slice", "land"), ("phase", "sweep")])
 @pytest.mark.parametrize("ext", [".png", ".svg"])
 def test_each_kind_writes_an_image(saved, tmp_path, capsys, kind, key, ext):
     out = tmp_path / f"{kind}{ext}"
@@ -106,14 +106,35 @@ def test_slice_lines_hold_the_saved_values(saved):
 def test_phase_map_holds_the_sweep_and_the_boundary(saved):
     res = plots.load_result(saved["sweep"], "sweep")
     fig, ax = plt.subplots()
-    plots.plot_phase(ax, res, color="theory_rel_gap")
-    table, _ = plots.phase_table(res["df"], "K", "lam_W", "theory_rel_gap")
-    mesh = ax.collections[0]
-    np.testing.assert_allclose(np.ma.filled(mesh.get_array(), np.nan).reshape(table.shape),
-                               np.abs(table.to_numpy(dtype=float)))
+    plots.plot_phase(ax, res, color="NC2_W")
+    table, _ = plots.phase_table(res["df"], "K", "lam_W", "NC2_W")
+    assert table.attrs["seeds"] == (1, 1) and "one run per cell" in ax.get_title()
+    vals = np.abs(table.to_numpy(dtype=float))
+    df = res["df"]
+    trivial = (df.assign(t=df["theory_geometry"] == "trivial").pivot_table(index="lam_W", columns="K", values="t")
+               .to_numpy() == 1)
+    assert trivial.any() and not trivial.all()
+    data = ax.collections[0].get_array().reshape(table.shape)
+    # round-off and the trivial regime are masked (and hatched), every other cell holds the sweep's value
+    np.testing.assert_array_equal(np.ma.getmaskarray(data), trivial | (vals <= plots.ROUNDOFF))
+    np.testing.assert_allclose(data.compressed(), vals[~np.ma.getmaskarray(data)])
+    assert {c.get_hatch() for c in ax.collections[1:]} >= {"//"}
+    # cells sit at their λ on a log axis, and the boundary λ = φ′(0)/√n = 1/(K√2) is in the same units
+    assert ax.get_yscale() == "log"
     (boundary,) = [l for l in ax.lines if "φ′(0)" in str(l.get_label())]
-    assert np.isfinite(boundary.get_ydata()).any()
+    np.testing.assert_allclose(boundary.get_ydata(), 1 / (np.array([3, 4, 5]) * np.sqrt(2)))
     plt.close(fig)
+
+
+@pytest.mark.parametrize("kind, keys", [("etf", ["etf3", "etf4"]), ("gram", ["etf4"]), ("dynamics", ["dyn"]),
+                                        ("spectrum", ["land"]), ("slice", ["land"]), ("phase", ["sweep"])])
+def test_no_text_leaves_the_figure(saved, kind, keys):
+    from test_plots_edges import texts_outside
+
+    need = {"etf": "solution", "gram": "solution", "dynamics": "solution", "spectrum": "landscape",
+            "slice": "landscape", "phase": "sweep"}[kind]
+    fig = plots.make_figure(kind, [plots.load_result(saved[k], need) for k in keys])
+    assert texts_outside(fig) == []
 
 
 @pytest.mark.parametrize("args", [["etf", "/no/such.npz"], ["spectrum", "ETF3"], ["dynamics", "ETF3"],

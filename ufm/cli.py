@@ -161,23 +161,31 @@ def build_parser() -> argparse.ArgumentParser:
     gx.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     sw.set_defaults(func=cmd_sweep)
 
-    pp = sub.add_parser("plot", help="figures from saved results: etf, dynamics, spectrum, phase, slice",
+    pp = sub.add_parser("plot", help="figures from saved results: etf, gram, dynamics, spectrum, phase, slice",
                         description="Draw a figure from saved results (never solves).\n\n"
                                     "  etf       RESULT.npz… (ufm solve --save): simplex-ETF geometry, one panel each\n"
+                                    "            (and the cosine heat map beside it for K > 6)\n"
+                                    "  gram      RESULT.npz…: cosines of the centred class means vs the ETF's −1/(K−1)\n"
                                     "  dynamics  RESULT.npz… (ufm solve --trace-every K --save): NC metrics vs iteration\n"
                                     "  spectrum  LAND.npz (ufm landscape --hessian dense --save): Hessian eigenvalues\n"
-                                    "  phase     SWEEP.db (ufm sweep): heatmap with the trivial-collapse boundary\n"
+                                    "  phase     SWEEP.db (ufm sweep): heatmap with the trivial-collapse boundary; one\n"
+                                    "            panel per loss; cells pool seeds only (--where fixes the other inputs)\n"
                                     "  slice     LAND.npz: f along the negative-curvature direction and a random one\n\n"
-                                    "example: ufm plot etf ce.npz ls.npz -o etf.png",
+                                    "examples:\n  ufm plot etf ce.npz ls.npz -o etf.png\n"
+                                    "  ufm plot phase grid.db -x K -y lam_W --where d=8 --where n=5 -o phase.png",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     pp.add_argument("kind", choices=PLOT_KINDS, metavar="KIND", help=" | ".join(PLOT_KINDS))
     pp.add_argument("results", nargs="+", metavar="RESULT", help="saved result file(s)")
-    pp.add_argument("-o", "--output", required=True, metavar="FILE", help="image file: .png, .pdf or .svg")
+    pp.add_argument("-o", "--output", required=True, metavar="FILE",
+                    help="image file: .png, .pdf or .svg, in an existing writable folder (written atomically)")
     pp.add_argument("--point", type=_int_min(0), default=0, help="spectrum/slice: which critical point (default 0)")
     pp.add_argument("--color", default="NC2_W", help="phase: the column that colours the map (default NC2_W)")
-    pp.add_argument("-x", default="K", help="phase: horizontal axis column (default K)")
-    pp.add_argument("-y", default="lam_W", help="phase: vertical axis column (default lam_W)")
-    pp.add_argument("--dpi", type=_int_min(30), default=130, help="raster resolution (default 130)")
+    pp.add_argument("-x", default="K", help="phase: horizontal axis, a numeric input column (default K)")
+    pp.add_argument("-y", default="lam_W", help="phase: vertical axis, a numeric input column (default lam_W)")
+    pp.add_argument("--where", action="append", metavar="COL=VALUE",
+                    help="phase: keep only rows with COL = VALUE (repeatable; repeats of one column are alternatives), "
+                         "e.g. --where loss=ls --where n=5")
+    pp.add_argument("--dpi", type=_int_min(1), default=130, help="raster resolution, 30..1200 (default 130)")
     pp.set_defaults(func=cmd_plot)
     return parser
 

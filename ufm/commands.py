@@ -228,51 +228,76 @@ def cmd_sweep(args) -> int:
     return EXIT_OK
 
 
-PLOT_KINDS = ("etf", "dynamics", "spectrum", "phase", "slice")
+PLOT_KINDS = ("etf", "gram", "dynamics", "spectrum", "phase", "slice")
 PLOT_FORMATS = (".png", ".pdf", ".svg")
+DPI_RANGE = (30, 1200)
+#: the largest raster ``ufm plot`` draws: Agg allocates width × height × 4 bytes up front (1e8 px ≈ 400 MB)
+MAX_PIXELS = 100_000_000
+
+
+def _open_plot_output(path):
+    """Check ``-o`` before any drawing and claim a hidden temporary file beside it (the image is written there and
+    renamed over ``path``, so a reader never sees half an image). Returns the temporary path."""
+    import secrets
+
+    from .errors import UFMInputError
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in PLOT_FORMATS:
+        raise UFMInputError("-o", path, f"the image must end in {', '.join(PLOT_FORMATS)}")
+    if os.path.isdir(path):
+        raise UFMInputError("-o", path, "is a directory; give an image file name inside it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UFMInputError("-o", path, f"its folder {folder} " + ("is not a folder" if os.path.exists(folder)
+                                                                      else "does not exist"))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.partial{ext}")
+    # creating the file is the only reliable test: root passes os.access() on read-only folders, and /proc refuses
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise UFMInputError("-o", path, f"cannot write in {folder} ({exc.strerror or exc})") from None
+    return tmp
 
 
 def cmd_plot(args) -> int:
     from .errors import UFMInputError
 
-    ext = os.path.splitext(args.output)[1].lower()
-    if ext not in PLOT_FORMATS:
-        raise UFMInputError("-o", args.output, f"the image must end in {', '.join(PLOT_FORMATS)}")
-    _check_save_folder(args.output)
-    if len(args.results) > 1 and args.kind not in ("etf", "dynamics"):
+    if not DPI_RANGE[0] <= args.dpi <= DPI_RANGE[1]:
+        raise UFMInputError("--dpi", args.dpi, f"must be an integer in {DPI_RANGE[0]}..{DPI_RANGE[1]}")
+    if len(args.results) > 1 and args.kind not in ("etf", "gram", "dynamics"):
         raise UFMInputError("RESULT", " ".join(args.results), f"`ufm plot {args.kind}` takes one result")
-    import matplotlib
+    where = getattr(args, "where", None)
+    if args.kind == "phase":
+        from .plots import check_phase_axes, parse_where
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        check_phase_axes(args.x, args.y)       # against the store's fixed columns, before loading it
+        parse_where(where)
+    tmp = _open_plot_output(args.output)
+    try:
+        import matplotlib
 
-    from . import plots
+        matplotlib.use("Agg")
+        from . import plots
 
-    need = {"etf": "solution", "dynamics": "solution", "spectrum": "landscape", "slice": "landscape", "phase": "sweep"}
-    results = [plots.load_result(p, need[args.kind]) for p in args.results]
-    if args.kind == "etf":
-        n = len(results)
-        fig = plt.figure(figsize=(5 * n, 5))
-        for i, res in enumerate(results):
-            three = res["W"].shape[0] >= 4
-            ax = fig.add_subplot(1, n, i + 1, projection="3d" if three else None)
-            plots.plot_etf(ax, res)
-    elif args.kind == "dynamics":
-        fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-        plots.plot_dynamics(axes, results)
-    elif args.kind == "spectrum":
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        plots.plot_spectrum(ax, results[0], args.point)
-    elif args.kind == "phase":
-        fig, ax = plt.subplots(figsize=(7, 5))
-        plots.plot_phase(ax, results[0], x=args.x, y=args.y, color=args.color)
-    else:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        plots.plot_slice(a1, a2, results[0], args.point)
-    fig.tight_layout()
-    tmp = f"{args.output}.partial{ext}"
-    fig.savefig(tmp, dpi=args.dpi)
-    os.replace(tmp, args.output)
-    plt.close(fig)
+        need = {"etf": "solution", "gram": "solution", "dynamics": "solution", "spectrum": "landscape",
+                "slice": "landscape", "phase": "sweep"}
+        results = [plots.load_result(p, need[args.kind]) for p in args.results]
+        w, h = plots.figure_size(args.kind, results, where)
+        px_w, px_h = round(w * args.dpi), round(h * args.dpi)
+        if px_w * px_h > MAX_PIXELS or max(px_w, px_h) >= 2**16:
+            most = int(min((MAX_PIXELS / (w * h)) ** 0.5, (2**16 - 1) / max(w, h)))
+            raise UFMInputError("--dpi", args.dpi, f"this {w:g}×{h:g} in figure would be {px_w}×{px_h} px; "
+                                f"at most {most} dpi here")
+        fig = plots.make_figure(args.kind, results, point=args.point, x=args.x, y=args.y, color=args.color,
+                                where=where)
+        try:
+            fig.savefig(tmp, dpi=args.dpi, format=os.path.splitext(args.output)[1][1:].lower())
+            os.replace(tmp, args.output)
+        except OSError as exc:
+            raise UFMInputError("-o", args.output, f"could not write the image ({exc.strerror or exc})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     print(f"wrote {args.output}")
     return EXIT_OK
