@@ -227,3 +227,37 @@ def test_dense_hessian_refused_before_any_work(monkeypatch):
     monkeypatch.setenv("UFM_MEMORY_LIMIT", "10K")              # below even a 39-parameter Hessian
     with pytest.raises(UFMInputError, match="--hessian"):
         analyze_point(ufm.Problem.create(**TINY), np.zeros(ufm.Problem.create(**TINY).num_params), hessian="dense")
+
+
+# ------------------------------------------------------------------------------------------------------------ escapes
+
+from ufm.landscape import escape, find_critical_point                     # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def stalling_saddle():
+    # a CE saddle (K = d = 5) found by the census's LM run from seed 11 at scale 1: the default Newton-CG chain
+    # stalls next to it at ‖∇f‖ ≈ 3e-6 (measured), where L-BFGS goes on to the optimum
+    prob = ufm.Problem.create(5, 5, 2, lam=0.03)
+    sol = find_critical_point(prob, seed=11, scale=1.0)
+    cp = analyze_point(prob, sol.params)
+    assert cp.classification == "strict_saddle"
+    return prob, cp
+
+
+def test_escape_keeps_going_when_the_descent_run_stalls(stalling_saddle):
+    prob, cp = stalling_saddle
+    e = escape(prob, cp)
+    first = e["attempts"][0]
+    assert first["solver"] == "auto" and first["classification"] == "not_critical"   # the stall, reproduced
+    assert e["classification"] == "global_minimizer" and not e["gave_up"] and e["reason"] is None
+    assert e["objective"] == pytest.approx(ufm.theory_optimum(prob).objective, rel=1e-9)
+    assert len(e["attempts"]) >= 2 and e["attempts"][-1]["classification"] == "global_minimizer"
+
+
+def test_escape_says_when_it_gives_up(stalling_saddle):
+    prob, cp = stalling_saddle
+    e = escape(prob, cp, solvers=("lbfgs",), max_steps=2)
+    assert e["gave_up"] is True and "stopped short" in e["reason"]
+    assert e["classification"] == "not_critical"
+    assert [a["step"] for a in e["attempts"]] == [pytest.approx(s * max(1.0, np.linalg.norm(cp.x))) for s in (1e-2, 1e-1)]
