@@ -1,10 +1,15 @@
 """Classification by measurement: NC minima, the origin on both sides of its threshold, the §4.1 direction, the MSE
 saddle family, non-critical points, the certificate, and an LS census with escapes."""
 
+import json
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import ufm
+import ufm.report
 from ufm.landscape import census, same_orbit
 from ufm.critical import (Tolerances, analyze_point, mse_saddle_point, origin,
                           origin_min_eig_theory)
@@ -122,3 +127,137 @@ def test_ls_census_is_benign_and_every_escape_reaches_the_optimum():
     W, H, b = ufm.model.unflatten(x, prob.shape)
     Q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))
     assert same_orbit(prob, x, flatten(ufm.Params(W @ Q, Q.T @ H, b), xp=np))
+
+
+# ------------------------------------------------------------------------------------ NaN/inf never classify as critical
+
+from ufm.critical import CLASSES, DENSE_HARD_MAX_PARAMS, classify          # noqa: E402
+from ufm.errors import UFMInputError                                      # noqa: E402
+
+
+def _nan_loss(z, y):
+    return jnp.sum(z, axis=1) * jnp.nan
+
+
+@jax.custom_jvp
+def _kink(z):
+    return 0.5 * z * jnp.abs(z)
+
+
+@_kink.defjvp
+def _kink_jvp(primals, tangents):
+    # a finite first derivative |z| whose own derivative at 0 is NaN (0/0 in sqrt's): f and ∇f finite, ∇²f NaN
+    return _kink(primals[0]), jnp.sqrt(primals[0] ** 2) * tangents[0]
+
+
+def _kinked_ce(z, y):
+    return ufm.losses.CrossEntropy()(z, y) + jnp.sum(_kink(z), axis=1)
+
+
+TINY = dict(K=3, d=4, n=2, lam=0.05)
+
+
+@pytest.mark.parametrize("method", ["dense", "lanczos"])
+@pytest.mark.parametrize("case", ["nan_loss", "inf_entry", "nan_entry", "huge_entries", "huge_one_entry"])
+def test_nonfinite_point_is_never_a_minimizer_or_saddle(method, case):
+    prob = ufm.Problem.create(**TINY, loss=_nan_loss if case == "nan_loss" else "ce")
+    x = np.full(prob.num_params, 0.1)
+    if case in ("inf_entry", "nan_entry"):
+        x[5] = np.inf if case == "inf_entry" else np.nan
+    elif case == "huge_entries":
+        x[:] = 1e308
+    elif case == "huge_one_entry":
+        x[0] = 1e308
+    cp = analyze_point(prob, x, hessian=method)           # must not raise (eigh / ARPACK / svd on NaN)
+    assert cp.classification == "nonfinite"
+    assert cp.not_finite and set(cp.not_finite) <= {"point", "objective", "gradient", "hessian"}
+    assert cp.n_negative is None and cp.n_zero is None and cp.certificate is None and cp.nc_direction is None
+    rec = ufm.report.json_safe(cp.record())
+    json.dumps(rec, allow_nan=False)                      # strict JSON: NaN became null
+    assert rec["classification"] == "nonfinite"
+
+
+@pytest.mark.parametrize("method", ["dense", "lanczos"])
+def test_nan_curvature_at_a_critical_point_is_nonfinite(method):
+    # f and ∇f finite and ‖∇f‖ = 0 at the origin, but ∇²f is NaN: no class may be read off NaN eigenvalues
+    prob = ufm.Problem.create(**TINY, loss=_kinked_ce)
+    cp = analyze_point(prob, origin(prob), hessian=method)
+    assert np.isfinite(cp.objective) and cp.grad_norm < 1e-12
+    assert cp.classification == "nonfinite" and cp.not_finite == ["hessian"]
+
+
+def test_classify_needs_finite_numbers_for_every_class():
+    tol = Tolerances()
+    good = dict(objective=1.0, grad_norm=0.0, min_eig=1.0, min_eig_deflated=1.0, zero_tol=1e-8, theory_objective=1.0)
+    assert classify(**good, tolerances=tol) == "global_minimizer"
+    for key in good:
+        for bad in (np.nan, np.inf, -np.inf):
+            cls = classify(**{**good, key: bad}, tolerances=tol)
+            if key == "theory_objective":                 # no usable theory value: measured, not compared
+                assert cls == "local_minimizer"
+            else:
+                assert cls == "nonfinite", (key, bad, cls)
+    assert classify(**{**good, "grad_norm": 1.0, "min_eig": np.nan}, tolerances=tol) == "not_critical"
+    assert "nonfinite" in CLASSES
+
+
+@pytest.mark.parametrize("field, flag", [("grad_tol", "--grad-tol"), ("zero_tol", "--zero-tol"), ("obj_tol", "obj_tol")])
+@pytest.mark.parametrize("value", [0.0, -1e-8, float("nan"), float("inf")])
+def test_tolerances_must_be_finite_and_positive(field, flag, value):
+    with pytest.raises(UFMInputError, match=flag):
+        Tolerances(**{field: value})
+
+
+def test_dense_hessian_refused_before_any_work(monkeypatch):
+    import ufm.critical as critical
+
+    def boom(*a, **k):
+        raise AssertionError("the Hessian was formed before the size check")
+
+    monkeypatch.setattr(critical, "dense_hessian", boom)
+    monkeypatch.setattr(critical, "value_and_grad", boom)
+    big = ufm.Problem.create(10, 100, 100)                 # 101 010 parameters: ~600 GiB dense, aborted inside XLA
+    with pytest.raises(UFMInputError, match=r"--hessian.*needs about .*GiB.*lanczos"):
+        analyze_point(big, np.zeros(big.num_params), hessian="dense")
+    monkeypatch.setenv("UFM_MEMORY_LIMIT", "1T")          # memory fits: the O(P³) eigh is still refused
+    mid = ufm.Problem.create(10, 20, 100)
+    assert mid.num_params > DENSE_HARD_MAX_PARAMS
+    with pytest.raises(UFMInputError, match=r"--hessian.*hours.*lanczos"):
+        analyze_point(mid, np.zeros(mid.num_params), hessian="dense")
+    monkeypatch.setenv("UFM_MEMORY_LIMIT", "10K")              # below even a 39-parameter Hessian
+    with pytest.raises(UFMInputError, match="--hessian"):
+        analyze_point(ufm.Problem.create(**TINY), np.zeros(ufm.Problem.create(**TINY).num_params), hessian="dense")
+
+
+# ------------------------------------------------------------------------------------------------------------ escapes
+
+from ufm.landscape import escape, find_critical_point                     # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def stalling_saddle():
+    # a CE saddle (K = d = 5) found by the census's LM run from seed 11 at scale 1: the default Newton-CG chain
+    # stalls next to it at ‖∇f‖ ≈ 3e-6 (measured), where L-BFGS goes on to the optimum
+    prob = ufm.Problem.create(5, 5, 2, lam=0.03)
+    sol = find_critical_point(prob, seed=11, scale=1.0)
+    cp = analyze_point(prob, sol.params)
+    assert cp.classification == "strict_saddle"
+    return prob, cp
+
+
+def test_escape_keeps_going_when_the_descent_run_stalls(stalling_saddle):
+    prob, cp = stalling_saddle
+    e = escape(prob, cp)
+    first = e["attempts"][0]
+    assert first["solver"] == "auto" and first["classification"] == "not_critical"   # the stall, reproduced
+    assert e["classification"] == "global_minimizer" and not e["gave_up"] and e["reason"] is None
+    assert e["objective"] == pytest.approx(ufm.theory_optimum(prob).objective, rel=1e-9)
+    assert len(e["attempts"]) >= 2 and e["attempts"][-1]["classification"] == "global_minimizer"
+
+
+def test_escape_says_when_it_gives_up(stalling_saddle):
+    prob, cp = stalling_saddle
+    e = escape(prob, cp, solvers=("lbfgs",), max_steps=2)
+    assert e["gave_up"] is True and "stopped short" in e["reason"]
+    assert e["classification"] == "not_critical"
+    assert [a["step"] for a in e["attempts"]] == [pytest.approx(s * max(1.0, np.linalg.norm(cp.x))) for s in (1e-2, 1e-1)]

@@ -64,3 +64,22 @@ def test_expected_zero_modes_formula():
     assert expected_zero_modes(6, 3, False) == 15 - 3
     assert expected_zero_modes(5, 0, True) == 1
     assert expected_zero_modes(3, 3, False) == 3
+
+
+def test_arpack_stops_at_the_first_nonfinite_product(rng):
+    # ARPACK does not look at its inputs: a NaN HVP would otherwise run it to maxiter or out as garbage
+    from ufm.hessian import NonFiniteCurvature
+
+    prob = ufm.Problem.create(3, 4, 2, lam=0.03)
+    mf = MatrixFree(prob, _point(prob, rng))
+    calls = []
+
+    def nan_after_three(v):
+        calls.append(1)
+        return mf.H(v) if len(calls) < 3 else np.full(mf.P, np.nan)
+
+    for run in (lambda: mf.largest(op=nan_after_three), lambda: mf.smallest(10.0, op=nan_after_three)):
+        calls.clear()
+        with pytest.raises(NonFiniteCurvature):
+            run()
+        assert len(calls) == 3

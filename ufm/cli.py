@@ -106,15 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
                                     "  ufm landscape -K 3 -d 4 -n 2 --lam 0.05 --loss ls --at census --starts 12 --json",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_problem_flags(lp)
+    # None = not given: the solve flags resolve per --at (commands._SOLVE_DEFAULTS: the census defaults to LM at
+    # gtol 1e-10, 500 steps a start, cycled start scales), and a flag --at would ignore is refused
+    lp.set_defaults(solver=None, gtol=None, max_steps=None, seed=None, init_scale=None, dtype=None)
     g = lp.add_argument_group("landscape")
     g.add_argument("--at", choices=("solution", "origin", "census"), default="solution",
                    help="analyse the solve's end point, the origin, or a census of critical points (default solution)")
-    g.add_argument("--starts", type=_int_min(1), default=20, help="census: number of random starts (default 20)")
+    g.add_argument("--starts", type=_int_min(1), help="census: number of random starts, start i with seed --seed + i "
+                   "(default 20; the census runs --solver lm, --gtol 1e-10, --max-steps 500 a start and cycles "
+                   "--init-scale through 0.03, 0.1, 0.3, 1 unless those flags are given)")
     g.add_argument("--hessian", choices=("auto", "dense", "lanczos"), default="auto",
                    help="dense eigh, matrix-free shifted Lanczos, or auto by size (dense up to 4000 parameters)")
     g.add_argument("--grad-tol", type=_float, default=1e-8, help="‖∇f‖ at or below it is critical (default 1e-8)")
     g.add_argument("--zero-tol", type=_float, help="|eigenvalue| at or below it is zero (default max(1e-8‖∇²f‖, 1e2‖∇f‖))")
     g.add_argument("--no-escape", action="store_true", help="skip the escape runs from strict saddles")
+    g.add_argument("--verbose", action="store_true", help="log each stage and census point on stderr when it is not "
+                   "a terminal (a terminal always shows progress)")
     lp.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     lp.add_argument("--save", metavar="PATH.npz", help="write the record, the dense spectra and f-slices through each "
                     "point (for `ufm plot spectrum` and `ufm plot slice`)")

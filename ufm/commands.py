@@ -111,41 +111,107 @@ def cmd_solve(args) -> int:
     return code
 
 
-def _progress(done, total):
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\rcensus: {done}/{total} starts" + ("\n" if done == total else ""))
+def _progress(verbose: bool = False):
+    """The landscape's ``progress(done, total, stage)``: on a terminal one line rewritten in place (each stage ends
+    with a newline); elsewhere nothing, or with ``--verbose`` one log line per stage and per census point.
+
+    "starts" counts finished starts; the other stages are called with the index of the item about to run and once
+    more with done == total when the stage is over."""
+    tty = sys.stderr.isatty()
+
+    def report(done, total, stage):
+        end = done >= total
+        if stage == "starts":
+            text = f"census: {done}/{total} starts"
+        elif stage in ("classifying", "escaping"):
+            what = "classifying" if stage == "classifying" else "escaping from saddle"
+            text = f"census: {what} {total}/{total}, done" if end else f"census: {what} {done + 1}/{total}"
+        else:
+            text = f"landscape: {stage}" + (", done" if end else " …")
+        if tty:
+            sys.stderr.write("\r\x1b[K" + text + ("\n" if end else ""))
+        elif verbose and (stage == "starts" or not end):
+            sys.stderr.write(f"ufm {text}\n")
+        else:
+            return
         sys.stderr.flush()
+
+    return report
+
+
+#: the solve flags of `ufm landscape` and their defaults where a solve runs: the census runs LM to a tighter gtol
+#: with a short budget per start and cycles its start scales (landscape.CENSUS_SCALES) unless --init-scale is given
+_SOLVE_DEFAULTS = {
+    "solution": {"solver": "auto", "gtol": 1e-9, "max_steps": 10000, "seed": 0, "init_scale": 0.1, "dtype": "float64"},
+    "census": {"solver": "lm", "gtol": 1e-10, "max_steps": 500, "seed": 0, "init_scale": None, "dtype": "float64"},
+}
+_SOLVE_FLAGS = {"solver": "--solver", "gtol": "--gtol", "max_steps": "--max-steps", "seed": "--seed",
+                "init_scale": "--init-scale", "dtype": "--dtype", "lr": "--lr"}
+
+
+def _landscape_options(args) -> dict:
+    """The run options of `ufm landscape`, resolved per --at; a flag that would be ignored is bad input."""
+    from .errors import UFMInputError
+
+    if args.starts is not None and args.at != "census":
+        raise UFMInputError("--starts", args.starts, "applies only with --at census")
+    if args.at == "origin":
+        for key, flag in _SOLVE_FLAGS.items():
+            if getattr(args, key) is not None:
+                raise UFMInputError(flag, getattr(args, key), "--at origin runs no solve; use it with --at solution "
+                                    "or --at census")
+        return {}
+    opts = {k: (v if getattr(args, k) is None else getattr(args, k)) for k, v in _SOLVE_DEFAULTS[args.at].items()}
+    opts["lr"] = args.lr
+    if args.at == "census":
+        opts["starts"] = 20 if args.starts is None else args.starts
+    return opts
+
+
+#: `ufm landscape` finished and printed its result, but --save could not be written (disk full)
+EXIT_SAVE_FAILED = 1
 
 
 def cmd_landscape(args) -> int:
-    from .landscape import census, escape
+    from .critical import Tolerances, analyze_point, check_hessian, origin, origin_min_eig_theory
+    from .errors import UFMInputError
+    from .landscape import CENSUS_SCALES, ESCAPE_SOLVERS, census, escape
+    from .paths import check_output_path
     from .render import render_landscape
-    from .critical import Tolerances, analyze_point, origin, origin_min_eig_theory
     from .report import json_safe, to_json
-    from .solvers import solve
+    from .solvers import as_solver, solve
 
+    # everything that can be refused is refused here, before the first solve or Hessian
     problem = problem_from_args(args)
-    _check_save_folder(args.save)
-    if args.grad_tol <= 0:
-        from .errors import UFMInputError
-        raise UFMInputError("--grad-tol", args.grad_tol, "must be > 0")
-    if args.zero_tol is not None and args.zero_tol <= 0:
-        from .errors import UFMInputError
-        raise UFMInputError("--zero-tol", args.zero_tol, "must be > 0")
+    opts = _landscape_options(args)
     tol = Tolerances(grad_tol=args.grad_tol, zero_tol=args.zero_tol)
-    rec = {"at": args.at, "config": {**problem.config(), "solver": args.solver, "gtol": args.gtol, "seed": args.seed,
-                                      "init_scale": args.init_scale, "hessian": args.hessian}}
+    save = check_output_path("--save", args.save, (".npz",))
+    if opts:
+        as_solver(opts["solver"], lr=opts["lr"])
+    method = check_hessian(problem, args.hessian, solver=opts.get("solver", ESCAPE_SOLVERS[0]))
+    report = _progress(args.verbose)
+
+    config = {**problem.config(), "hessian": args.hessian, **{k: opts.get(k) for k in _SOLVE_FLAGS}}
+    if args.at == "census":
+        config.update(starts=opts["starts"], seeds=[opts["seed"], opts["seed"] + opts["starts"] - 1],
+                      init_scales=list(CENSUS_SCALES if opts["init_scale"] is None else [opts["init_scale"]]))
+    config["escape_solvers"] = None if args.no_escape else list(ESCAPE_SOLVERS)
+    rec = {"at": args.at, "config": config}
     code = EXIT_OK
     if args.at == "census":
-        cs = census(problem, args.starts, hessian=args.hessian, tolerances=tol, with_escape=not args.no_escape,
-                    progress=_progress)
+        cs = census(problem, opts["starts"], hessian=args.hessian, tolerances=tol, with_escape=not args.no_escape,
+                    progress=report, solver=opts["solver"], seed=opts["seed"], gtol=opts["gtol"],
+                    max_steps=opts["max_steps"], init_scale=opts["init_scale"], lr=opts["lr"], dtype=opts["dtype"])
         points = cs.points
         rec["census"] = {"starts": cs.starts, "converged": cs.converged, "unique": len(points),
-                         "found": [p.found for p in points], "wall_time_s": cs.wall_time}
+                         "found": [p.found for p in points], "statuses": cs.statuses, "wall_time_s": cs.wall_time}
+        code = EXIT_OK if cs.converged else EXIT_NOT_CONVERGED      # nothing was found: say so in the status too
     else:
         if args.at == "solution":
-            sol = solve(problem, solver=args.solver, gtol=args.gtol, max_steps=args.max_steps, seed=args.seed,
-                        init_scale=args.init_scale, dtype=args.dtype, lr=args.lr)
+            report(0, 1, "solving")
+            sol = solve(problem, solver=opts["solver"], gtol=opts["gtol"], max_steps=opts["max_steps"],
+                        seed=opts["seed"], init_scale=opts["init_scale"], dtype=opts["dtype"], lr=opts["lr"])
+            report(1, 1, "solving")
             rec["solve"] = {"status": sol.status.name.lower(), "steps": sol.steps, "grad_norm": sol.grad_norm}
             code = EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
             point, label = sol.params, "solution"
@@ -155,22 +221,34 @@ def cmd_landscape(args) -> int:
                 rec["origin_min_eig_theory"] = origin_min_eig_theory(problem)
             except TypeError:            # φ′(0) exists only for the softmax losses
                 rec["origin_min_eig_theory"] = None
+        report(0, 1, "analysing the Hessian")
         cp = analyze_point(problem, point, hessian=args.hessian, tolerances=tol, label=label)
+        report(1, 1, "analysing the Hessian")
         if cp.classification == "strict_saddle" and not args.no_escape:
+            report(0, 1, "escaping from the saddle")
             cp.escape = escape(problem, cp, hessian=args.hessian, tolerances=tol)
+            report(1, 1, "escaping from the saddle")
         points = [cp]
-    rec["hessian_method"] = points[0].hessian_method if points else args.hessian
+    rec["hessian_method"] = points[0].hessian_method if points else method
     rec["tolerances"] = {"grad_tol": tol.grad_tol, "obj_tol": tol.obj_tol,
                          "zero_tol": [p.zero_tol for p in points],
                          "zero_tol_rule": "given" if args.zero_tol else "max(1e-8·‖∇²f‖₂, 1e2·‖∇f‖)"}
     rec["critical_points"] = [p.record() for p in points]
     rec = json_safe(rec)
-    if args.save:
+    failed = None
+    if save:
         from .landscape import save_landscape
-        save_landscape(problem, points, rec, args.save)
+        try:
+            save_landscape(problem, points, rec, save)
+        except OSError as exc:         # disk full after the work: the result is printed all the same
+            failed = f"could not write {save} ({exc.strerror or exc}); the result above is complete"
     print(to_json(rec) if args.json else render_landscape(rec))
-    if args.save and not args.json:
-        print(f"saved spectra and slices to {args.save}")
+    if failed:
+        sys.stdout.flush()
+        sys.stderr.write(f"ufm landscape: error: {failed}\n")
+        return EXIT_SAVE_FAILED
+    if save and not args.json:
+        print(f"saved spectra and slices to {save}")
     return code
 
 

@@ -3,6 +3,8 @@
 Every class below comes from computed numbers (‖∇f‖, Hessian eigenvalues with residuals, the theory optimum),
 never from what a theorem says should happen:
 
+- ``nonfinite``: f, ∇f or the curvature is NaN/inf (overflow, a user loss returning NaN): nothing about the point
+  can be measured, so it is never called critical, a minimiser or a saddle;
 - ``not_critical``: ‖∇f‖ > grad_tol (never called a minimiser or a saddle);
 - ``strict_saddle``: λ_min(∇²f) < −zero_tol;
 - on the complement of the symmetry orbit's tangent space (symmetry.py) the Hessian is then either positive
@@ -15,13 +17,14 @@ never from what a theorem says should happen:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .hessian import DENSE_MAX_PARAMS, MatrixFree, dense_hessian, value_and_grad
+from .hessian import DENSE_MAX_PARAMS, MatrixFree, NonFiniteCurvature, dense_hessian, value_and_grad
 from .losses import CrossEntropy, LabelSmoothing, RescaledMSE
 from .model import Params, data_term, flatten, unflatten
 from .problem import Problem
@@ -29,8 +32,11 @@ from .symmetry import RANK_ATOL, RANK_RTOL, orbit_tangent, project
 from .theory import phi_prime0, theory_optimum
 
 CLASSES = ("global_minimizer", "spurious_local_minimizer", "local_minimizer", "strict_saddle", "degenerate",
-           "not_critical")
+           "not_critical", "nonfinite")
 HESSIAN_METHODS = ("auto", "dense", "lanczos")
+#: above this many parameters ``--hessian dense`` is refused even when memory fits: eigh is O(P³), measured here at
+#: ~50 s for P = 3000 on 2 cores, so P = 20 000 is ~300× that (hours), and the deflated spectrum needs a second one
+DENSE_HARD_MAX_PARAMS = 20_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +48,16 @@ class Tolerances:
     grad_tol: float = 1e-8
     zero_tol: Optional[float] = None
     obj_tol: float = 1e-8
+
+    def __post_init__(self):
+        # a NaN tolerance would make every comparison False and silently change the class; refuse it up front
+        from .errors import UFMInputError
+        for flag, value in (("--grad-tol", self.grad_tol), ("--zero-tol", self.zero_tol), ("obj_tol", self.obj_tol)):
+            if value is None and flag == "--zero-tol":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                    or not np.isfinite(value) or value <= 0:
+                raise UFMInputError(flag, value, "must be a finite number > 0")
 
     def zero(self, hess_norm: float, grad_norm: float) -> float:
         if self.zero_tol is not None:
@@ -60,8 +76,8 @@ class CriticalPoint:
     min_eig_deflated: float
     n_negative: Optional[int]            # counted on the dense path; matrix-free: ≥ 1 known, exact count unknown
     n_zero: Optional[int]                # dense: counted; matrix-free: = expected when λ_min^⊥ > zero_tol, else None
-    expected_zero_modes: int
-    rank_W: int
+    expected_zero_modes: Optional[int]   # None where the point itself is not finite (no orbit to speak of)
+    rank_W: Optional[int]
     classification: str
     eig_residual: float                  # max residual ‖Hv − θv‖ over the reported eigenpairs
     hessian_method: str
@@ -75,11 +91,12 @@ class CriticalPoint:
     label: str = ""
     found: int = 1
     eigenvalues: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)   # dense path: all of them
+    not_finite: Optional[list] = None    # which measured quantities were NaN/inf: point, objective, gradient, hessian
 
     def record(self) -> dict:
         keys = ["label", "objective", "grad_norm", "min_eig", "max_eig", "min_eig_deflated", "n_negative", "n_zero",
                 "expected_zero_modes", "rank_W", "classification", "eig_residual", "hessian_method",
-                "theory_objective", "certificate", "nc_direction", "escape", "found"]
+                "theory_objective", "certificate", "nc_direction", "escape", "found", "not_finite"]
         return {k: getattr(self, k) for k in keys}
 
 
@@ -102,6 +119,8 @@ def certificate(problem: Problem, W, H, b) -> Optional[dict]:
         return None
     lw, lh = problem.lam_W, problem.lam_H
     G = _data_grad_Z(problem, W, H, b)
+    if not np.all(np.isfinite(G)):
+        return None                                   # svd of NaN raises; there is nothing to certify
     sig = np.linalg.svd(G, compute_uv=False)
     bal = np.linalg.norm(lw * W.T @ W - lh * H @ H.T)
     scale = lw * np.sum(W**2) + lh * np.sum(H**2)
@@ -125,6 +144,8 @@ def negative_curvature_direction(problem: Problem, x):
         return None                                   # W has full column rank d: no a exists
     a = V[:, 0]
     G = _data_grad_Z(problem, W, H, b)
+    if not np.all(np.isfinite(G)):
+        return None
     U, s, Vt = np.linalg.svd(G, full_matrices=False)
     dW = (lh / lw) ** 0.25 * np.outer(U[:, 0], a)
     dH = -((lw / lh) ** 0.25) * np.outer(a, Vt[0])
@@ -149,66 +170,135 @@ def _choose_method(problem: Problem, method: str) -> str:
     return method
 
 
+def check_hessian(problem: Problem, hessian: str = "auto", *, solver="auto") -> str:
+    """Resolve ``auto`` and refuse, before any work, a Hessian method that cannot finish here: one whose memory
+    estimate (resources.py; with ``solver`` for the solves around it) exceeds what is available, or ``dense`` above
+    DENSE_HARD_MAX_PARAMS. Without it a dense Hessian at 10⁵ parameters aborts inside XLA (SIGABRT)."""
+    from .errors import UFMInputError
+    from .resources import check_fits
+
+    method = _choose_method(problem, hessian)
+    check_fits(problem, solver=solver, hessian=method, flag="--hessian")
+    P = problem.num_params
+    if method == "dense" and P > DENSE_HARD_MAX_PARAMS:
+        raise UFMInputError("--hessian", "dense", f"K={problem.K} d={problem.d} n={problem.n} has {P:,} parameters; a "
+                            f"dense eigh above {DENSE_HARD_MAX_PARAMS:,} would take hours even where memory fits: use "
+                            "--hessian lanczos (matrix-free)")
+    return method
+
+
+def classify(objective: float, grad_norm: float, min_eig: float, min_eig_deflated: float, zero_tol: float,
+             theory_objective: Optional[float], tolerances: Tolerances) -> str:
+    """The class from measured numbers (see the module docstring). Every class needs an affirmative comparison on
+    finite numbers: NaN compares False both ways, so a chain of fall-throughs would call a NaN point a minimiser."""
+    finite = lambda *vals: all(v is not None and math.isfinite(v) for v in vals)
+    if not finite(objective, grad_norm):
+        return "nonfinite"
+    if grad_norm > tolerances.grad_tol:
+        return "not_critical"
+    if not finite(min_eig, min_eig_deflated, zero_tol):
+        return "nonfinite"
+    if min_eig < -zero_tol:
+        return "strict_saddle"
+    if min_eig_deflated <= zero_tol:
+        return "degenerate"
+    if not finite(theory_objective):
+        return "local_minimizer"
+    if abs(objective - theory_objective) <= tolerances.obj_tol * max(1.0, abs(theory_objective)):
+        return "global_minimizer"
+    if objective > theory_objective:
+        return "spurious_local_minimizer"
+    return "local_minimizer"         # below a theory value: reported as measured, the gap says the rest
+
+
+def _finite_tangent(problem: Problem, x):
+    """The orbit tangent, or None where x (or WᵀW + HHᵀ, which overflows first) is not finite: eigh raises there."""
+    if not np.all(np.isfinite(x)):
+        return None
+    W, H, _ = unflatten(x, problem.shape)
+    with np.errstate(all="ignore"):
+        M = W.T @ W + H @ H.T
+    if not np.all(np.isfinite(M)):
+        return None
+    try:
+        return orbit_tangent(problem, x)
+    except np.linalg.LinAlgError:
+        return None
+
+
 def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances: Tolerances = Tolerances(),
                   label: str = "") -> CriticalPoint:
-    """Measure ‖∇f‖ and the Hessian spectrum at ``point`` (Params or flat vector) and classify it."""
-    method = _choose_method(problem, hessian)
-    with jax.enable_x64(True):
+    """Measure ‖∇f‖ and the Hessian spectrum at ``point`` (Params or flat vector) and classify it. Never raises on
+    NaN/inf: such a point is ``nonfinite`` and ``not_finite`` names what was."""
+    from .errors import UFMInputError
+
+    if not isinstance(tolerances, Tolerances):
+        raise UFMInputError("tolerances", tolerances, "pass a ufm.critical.Tolerances")
+    method = check_hessian(problem, hessian)
+    nan = float("nan")
+    with jax.enable_x64(True), np.errstate(all="ignore"):
         x = np.asarray(flatten(point, xp=np) if isinstance(point, Params) else point, dtype=np.float64)
+        if x.shape != (problem.num_params,):
+            raise UFMInputError("point", f"shape {x.shape}", f"a flat vector of {problem.num_params} entries or Params")
         shape = problem.shape
         mf = MatrixFree(problem, x)
         f, g = value_and_grad(mf.x, mf.reg, shape)
         f, gnorm = float(f), float(np.linalg.norm(np.asarray(g)))
-        tangent = orbit_tangent(problem, x)
-        W, H, b = unflatten(x, shape)
-
-        if method == "dense":
-            Hd = np.asarray(dense_hessian(mf.x, mf.reg, shape))
-            theta, vecs = np.linalg.eigh(Hd)
-            hess_norm = float(np.max(np.abs(theta)))
-            ztol = tolerances.zero(hess_norm, gnorm)
-            basis = jax.vmap(lambda e: project(tangent, mf.x, e, shape))(jnp.eye(x.size))
-            Pm = np.asarray(basis).T
-            Q = np.eye(x.size) - Pm
-            theta_perp = np.linalg.eigvalsh(Q @ Hd @ Q + (hess_norm + 1.0) * Pm)
-            min_eig, max_eig, vmin = float(theta[0]), float(theta[-1]), vecs[:, 0]
-            min_perp = float(theta_perp[0])
-            n_neg, n_zero = int(np.sum(theta < -ztol)), int(np.sum(np.abs(theta) <= ztol))
-            residual = max(mf.residual(theta[0], vecs[:, 0]), mf.residual(theta[-1], vecs[:, -1]))
-            min_space = vecs[:, theta <= theta[0] + ztol]
-        else:
-            top = mf.largest()
-            hess_norm = abs(top.value)
-            sigma = top.value + max(1.0, 0.01 * abs(top.value))
-            low = mf.smallest(sigma)
-            ztol = tolerances.zero(max(hess_norm, abs(low.value)), gnorm)
-            perp = mf.smallest(sigma, op=mf.H_deflated(tangent, sigma))
-            min_eig, max_eig, vmin = low.value, top.value, low.vector
-            min_perp = perp.value
-            n_neg = None if min_eig < -ztol else 0
-            n_zero = tangent.dim if min_perp > ztol else None
-            residual = max(top.residual, low.residual, perp.residual)
-            min_space = None                 # Lanczos returns one vector of a possibly repeated eigenvalue
-
+        not_finite = [name for name, ok in (("point", np.all(np.isfinite(x))), ("objective", math.isfinite(f)),
+                                            ("gradient", math.isfinite(gnorm))) if not ok]
+        tangent = _finite_tangent(problem, x)
         th = theory_optimum(problem)
         f_star = th.objective if th.applies else None
-        if gnorm > tolerances.grad_tol:
-            cls = "not_critical"
-        elif min_eig < -ztol:
-            cls = "strict_saddle"
-        elif min_perp <= ztol:
-            cls = "degenerate"
-        elif f_star is None:
-            cls = "local_minimizer"
-        elif abs(f - f_star) <= tolerances.obj_tol * max(1.0, abs(f_star)):
-            cls = "global_minimizer"
-        elif f > f_star:
-            cls = "spurious_local_minimizer"
-        else:
-            cls = "local_minimizer"         # below a theory value: reported as measured, the gap says the rest
+
+        min_eig = max_eig = min_perp = residual = ztol = nan
+        n_neg = n_zero = min_space = theta = None
+        vmin = np.zeros_like(x)
+        if not not_finite and tangent is None:
+            not_finite.append("point")           # W, H finite but WᵀW + HHᵀ overflows: no orbit to deflate
+        if not not_finite:
+            try:
+                if method == "dense":
+                    Hd = np.asarray(dense_hessian(mf.x, mf.reg, shape))
+                    if not np.all(np.isfinite(Hd)):
+                        raise NonFiniteCurvature("dense Hessian")
+                    theta, vecs = np.linalg.eigh(Hd)
+                    hess_norm = float(np.max(np.abs(theta)))
+                    ztol = tolerances.zero(hess_norm, gnorm)
+                    basis = jax.vmap(lambda e: project(tangent, mf.x, e, shape))(jnp.eye(x.size))
+                    Pm = np.asarray(basis).T
+                    Q = np.eye(x.size) - Pm
+                    theta_perp = np.linalg.eigvalsh(Q @ Hd @ Q + (hess_norm + 1.0) * Pm)
+                    min_eig, max_eig, vmin = float(theta[0]), float(theta[-1]), vecs[:, 0]
+                    min_perp = float(theta_perp[0])
+                    n_neg, n_zero = int(np.sum(theta < -ztol)), int(np.sum(np.abs(theta) <= ztol))
+                    residual = max(mf.residual(theta[0], vecs[:, 0]), mf.residual(theta[-1], vecs[:, -1]))
+                    min_space = vecs[:, theta <= theta[0] + ztol]
+                else:
+                    top = mf.largest()
+                    hess_norm = abs(top.value)
+                    sigma = top.value + max(1.0, 0.01 * abs(top.value))
+                    low = mf.smallest(sigma)
+                    ztol = tolerances.zero(max(hess_norm, abs(low.value)), gnorm)
+                    perp = mf.smallest(sigma, op=mf.H_deflated(tangent, sigma))
+                    min_eig, max_eig, vmin = low.value, top.value, low.vector
+                    min_perp = perp.value
+                    n_neg = None if min_eig < -ztol else 0
+                    n_zero = tangent.dim if min_perp > ztol else None
+                    residual = max(top.residual, low.residual, perp.residual)
+                    min_space = None                 # Lanczos returns one vector of a possibly repeated eigenvalue
+                if not all(math.isfinite(v) for v in (min_eig, max_eig, min_perp)):
+                    raise NonFiniteCurvature("eigenvalues")
+            except (NonFiniteCurvature, np.linalg.LinAlgError):
+                # eigh fails to converge on NaN; ARPACK is stopped at the first non-finite HVP (hessian.py)
+                not_finite.append("hessian")
+                min_eig = max_eig = min_perp = residual = nan
+                n_neg = n_zero = min_space = theta = None
+                vmin = np.zeros_like(x)
+
+        cls = classify(f, gnorm, min_eig, min_perp, ztol, f_star, tolerances)
 
         direction = None
-        nc = negative_curvature_direction(problem, x)
+        nc = negative_curvature_direction(problem, x) if tangent is not None and not not_finite else None
         if nc is not None:
             delta, predicted, smax = nc
             norm2 = float(delta @ delta)
@@ -219,12 +309,15 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
             direction = {"predicted_curvature": float(predicted / norm2), "measured_curvature": measured / norm2,
                          "min_eig": min_eig, "sigma_max_grad_Z": smax, "overlap_with_min_eigenspace": overlap}
 
+        W, H, b = unflatten(x, shape)
         return CriticalPoint(
             objective=f, grad_norm=gnorm, min_eig=min_eig, max_eig=max_eig, min_eig_deflated=min_perp,
-            n_negative=n_neg, n_zero=n_zero, expected_zero_modes=tangent.dim, rank_W=tangent.rank,
-            classification=cls, eig_residual=float(residual), hessian_method=method, zero_tol=ztol,
-            theory_objective=f_star, certificate=certificate(problem, W, H, b), nc_direction=direction,
+            n_negative=n_neg, n_zero=n_zero, expected_zero_modes=None if tangent is None else tangent.dim,
+            rank_W=None if tangent is None else tangent.rank, classification=cls, eig_residual=float(residual),
+            hessian_method=method, zero_tol=ztol, theory_objective=f_star,
+            certificate=None if not_finite else certificate(problem, W, H, b), nc_direction=direction,
             x=x, min_eigvec=np.asarray(vmin), label=label, eigenvalues=theta if method == "dense" else None,
+            not_finite=not_finite or None,
         )
 
 

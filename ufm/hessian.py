@@ -66,12 +66,20 @@ class Eig(NamedTuple):
     matvecs: int
 
 
+class NonFiniteCurvature(ArithmeticError):
+    """An HVP or Hessian came out NaN/inf: the curvature at this point cannot be measured."""
+
+
 def _arpack_largest(matvec, P, tol, maxiter, v0):
     count = [0]
 
     def mv(v):
         count[0] += 1
-        return matvec(v)
+        out = matvec(v)
+        # ARPACK neither detects NaN nor stops on it: it would iterate to maxiter (or raise its own error) on garbage
+        if not np.all(np.isfinite(out)):
+            raise NonFiniteCurvature("Hessian-vector product")
+        return out
 
     op = LinearOperator((P, P), matvec=mv, dtype=np.float64)
     vals, vecs = eigsh(op, k=1, which="LA", tol=tol, maxiter=maxiter, v0=v0)

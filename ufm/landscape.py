@@ -7,6 +7,8 @@ census runs Levenberg–Marquardt on ∇f = 0 (``solvers.LevenbergMarquardt``) f
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 import time
 from typing import Callable, Optional
 
@@ -14,18 +16,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .critical import CriticalPoint, Tolerances, analyze_point
+from .critical import CriticalPoint, Tolerances, analyze_point, check_hessian
 from .model import flat_objective, flatten, unflatten
 from .problem import Problem, Reg
-from .solvers import LevenbergMarquardt, Status, solve
+from .solvers import Status, solve
 
 
 CENSUS_SCALES = (0.03, 0.1, 0.3, 1.0)
+#: the descent solvers an escape tries in turn, each from where the last one stopped, and the step sizes (relative
+#: to max(1, ‖x‖)) it restarts from the saddle with when all of them stop short of a critical point
+ESCAPE_SOLVERS = ("auto", "lbfgs", "newton")
+ESCAPE_STEPS = (1e-2, 1e-1)
+#: census stages reported to ``progress``
+STAGES = ("starts", "classifying", "escaping")
 
 
-def find_critical_point(problem: Problem, seed: int, scale: float, gtol: float = 1e-10, max_steps: int = 500):
-    """One LM run from a seeded N(0, scale²) start; returns the solve's Solution (status says if it converged)."""
-    return solve(problem, solver=LevenbergMarquardt(), gtol=gtol, max_steps=max_steps, seed=seed, init_scale=scale)
+def find_critical_point(problem: Problem, seed: int, scale: float, gtol: float = 1e-10, max_steps: int = 500,
+                        solver="lm", lr=None, dtype: str = "float64"):
+    """One run (LM by default) from a seeded N(0, scale²) start; returns the solve's Solution (status says if it
+    converged)."""
+    return solve(problem, solver=solver, gtol=gtol, max_steps=max_steps, seed=seed, init_scale=scale, lr=lr,
+                 dtype=dtype)
 
 
 def same_orbit(problem: Problem, x1, x2, rtol: float = 1e-6) -> bool:
@@ -43,63 +54,159 @@ def same_orbit(problem: Problem, x1, x2, rtol: float = 1e-6) -> bool:
     return bool(np.linalg.norm(b1 - b2) <= rtol * max(1.0, np.linalg.norm(b1)))
 
 
+def _stopped_short(classification: str) -> bool:
+    return classification in ("not_critical", "nonfinite")
+
+
 def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances=Tolerances(), gtol=1e-9,
-           max_hops: int = 5) -> dict:
-    """Step from a strict saddle along its negative-curvature eigenvector (the sign that lowers f), minimise with
-    the default solver, and classify where it lands. A descent solver can stall on a lower saddle (‖∇f‖ ≤ gtol
-    there too); then escape again from that one, up to ``max_hops`` times, and report the hops."""
-    landed, hops, steps, status = point, 0, 0, "converged"
-    while landed.classification == "strict_saddle" and hops < max_hops:
-        x = landed.x
-        v = landed.min_eigvec / np.linalg.norm(landed.min_eigvec)
-        step = 1e-2 * max(1.0, float(np.linalg.norm(x)))
-        with jax.enable_x64(True):
-            reg = Reg(*(jnp.asarray(val, jnp.float64) for val in problem.reg))
-            f = lambda y: float(flat_objective(jnp.asarray(y), reg, problem.shape))
-            start = min((x + step * v, x - step * v), key=f)
-        sol = solve(problem, init=unflatten(start, problem.shape), gtol=gtol)
-        landed = analyze_point(problem, sol.params, hessian=hessian, tolerances=tolerances)
-        hops, steps, status = hops + 1, steps + sol.steps, sol.status.name.lower()
-    return {"objective": landed.objective, "classification": landed.classification, "grad_norm": landed.grad_norm,
-            "steps": steps, "status": status, "hops": hops}
+           max_hops: int = 5, max_steps: int = 10000, solvers=ESCAPE_SOLVERS, steps=ESCAPE_STEPS) -> dict:
+    """Step from a strict saddle along its negative-curvature eigenvector (the sign that lowers f), minimise, and
+    classify where it lands.
+
+    A descent run can stop short of any critical point (stalled in a flat region next to the saddle, out of steps):
+    then the next solver of ``solvers`` continues from where it stopped (Newton-CG chain, L-BFGS, Newton-CG), and if
+    all of them stop short the escape restarts from the saddle with the next, larger step of ``steps``. A run can
+    also converge to a lower saddle (‖∇f‖ ≤ gtol there too): then escape again from that one, up to ``max_hops``
+    times. When nothing reaches a critical point below a saddle the record says so: ``gave_up`` and ``reason``;
+    ``attempts`` lists every run."""
+    landed = {"objective": point.objective, "classification": point.classification, "grad_norm": point.grad_norm}
+    hops, total_steps, status, attempts = 0, 0, "converged", []
+    gave_up, reason = False, None
+    saddle = point
+    while saddle is not None and saddle.classification == "strict_saddle":
+        if hops >= max_hops:
+            gave_up, reason = True, f"still at a strict saddle after {max_hops} hops"
+            break
+        x = saddle.x
+        v = saddle.min_eigvec / np.linalg.norm(saddle.min_eigvec)
+        next_saddle = None
+        for rel in steps:
+            step = rel * max(1.0, float(np.linalg.norm(x)))
+            with jax.enable_x64(True):
+                reg = Reg(*(jnp.asarray(val, jnp.float64) for val in problem.reg))
+                f = lambda y: float(flat_objective(jnp.asarray(y), reg, problem.shape))
+                y = min((x + step * v, x - step * v), key=f)
+            for name in solvers:
+                sol = solve(problem, solver=name, init=unflatten(y, problem.shape), gtol=gtol, max_steps=max_steps)
+                total_steps += sol.steps
+                status = sol.status.name.lower()
+                # ‖∇f‖ decides first (as in classify): a run that stopped short is not worth a Hessian
+                finite = math.isfinite(sol.objective) and math.isfinite(sol.grad_norm)
+                if not finite or sol.grad_norm > tolerances.grad_tol:
+                    landed = {"objective": sol.objective, "classification": "not_critical" if finite else "nonfinite",
+                              "grad_norm": sol.grad_norm}
+                else:
+                    cp = analyze_point(problem, sol.params, hessian=hessian, tolerances=tolerances)
+                    landed = {"objective": cp.objective, "classification": cp.classification,
+                              "grad_norm": cp.grad_norm}
+                attempts.append({"hop": hops + 1, "step": step, "solver": name, "status": status, "steps": sol.steps,
+                                 **landed})
+                if not _stopped_short(landed["classification"]):
+                    next_saddle = cp
+                    break
+                if landed["classification"] == "nonfinite":
+                    break                      # nothing to continue from: try a larger step from the saddle
+                y = flatten(sol.params, xp=np)
+            if next_saddle is not None:
+                break
+        hops += 1
+        if next_saddle is None:
+            gave_up = True
+            reason = (f"no run reached a critical point: solvers {' → '.join(solvers)} from steps "
+                      f"{', '.join(f'{s:g}' for s in steps)}·max(1, ‖x‖) all stopped short (last: {status}, "
+                      f"‖∇f‖ = {landed['grad_norm']:.1e} > grad_tol {tolerances.grad_tol:g})")
+        saddle = next_saddle
+    return {**landed, "steps": total_steps, "status": status, "hops": hops, "gave_up": gave_up, "reason": reason,
+            "attempts": attempts}
 
 
 @dataclasses.dataclass
 class Census:
     points: list                 # unique CriticalPoint's, in order of discovery
     starts: int
-    converged: int               # starts whose LM run reached gtol
+    converged: int               # starts whose run reached gtol
     wall_time: float
+    solver: str = "lm"
+    seeds: tuple = ()            # (first, last): start i uses seed + i
+    scales: tuple = CENSUS_SCALES    # start i uses scales[i % len(scales)]
+    statuses: dict = dataclasses.field(default_factory=dict)    # how the starts' runs ended, counted
+
+
+def _stage_progress(progress):
+    """``progress(done, total, stage)``; a two-argument callable (the old API) gets the starts only."""
+    if progress is None:
+        return lambda done, total, stage: None
+    try:
+        inspect.signature(progress).bind(0, 0, "starts")
+    except TypeError:
+        return lambda done, total, stage: progress(done, total) if stage == "starts" and done else None
+    except ValueError:                 # no signature to inspect (a builtin): assume the current API
+        pass
+    return progress
 
 
 def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian: str = "auto",
            tolerances: Tolerances = Tolerances(), gtol: float = 1e-10, with_escape: bool = True,
-           progress: Optional[Callable[[int, int], None]] = None) -> Census:
-    """LM from ``starts`` seeded random starts cycling through ``scales``; dedupe up to symmetry; classify each
-    unique point; escape from each strict saddle."""
+           progress: Optional[Callable] = None, solver="lm", seed: int = 0, max_steps: int = 500,
+           init_scale: Optional[float] = None, lr=None, dtype: str = "float64") -> Census:
+    """Runs of ``solver`` (Levenberg–Marquardt: it converges to saddles too) from ``starts`` seeded random starts,
+    start i with seed ``seed + i`` and scale ``init_scale`` or else ``scales[i % len(scales)]``; dedupe up to
+    symmetry; classify each unique point; escape from each strict saddle.
+
+    ``progress(done, total, stage)`` is called as each stage advances, ``stage`` one of STAGES ("starts",
+    "classifying", "escaping"); a two-argument ``progress(done, total)`` still gets the starts."""
+    from .errors import UFMInputError
+    from .solvers import MAX_SEED, as_solver
+
+    if isinstance(starts, bool) or not isinstance(starts, (int, np.integer)) or starts < 1:
+        raise UFMInputError("--starts", starts, "must be an integer ≥ 1")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED - (starts - 1):
+        raise UFMInputError("--seed", seed, f"start i uses seed + i: must be an integer in [0, {MAX_SEED - (starts - 1)}]"
+                            f" for {starts} starts")
+    run_scales = (init_scale,) if init_scale is not None else tuple(scales)
+    if not run_scales or not all(isinstance(s, (int, float, np.floating)) and np.isfinite(s) and s >= 0
+                                 for s in run_scales):
+        raise UFMInputError("--init-scale", init_scale if init_scale is not None else scales,
+                            "must be finite numbers ≥ 0")
+    as_solver(solver, lr=lr)
+    check_hessian(problem, hessian, solver=solver)
+    report = _stage_progress(progress)
     t0 = time.perf_counter()
-    unique, xs = [], []
+    unique, xs, statuses = [], [], {}
     converged = 0
     for i in range(starts):
-        sol = find_critical_point(problem, seed=i, scale=scales[i % len(scales)], gtol=gtol)
-        if progress:
-            progress(i + 1, starts)
+        sol = find_critical_point(problem, seed=seed + i, scale=run_scales[i % len(run_scales)], gtol=gtol,
+                                  max_steps=max_steps, solver=solver, lr=lr, dtype=dtype)
+        name = sol.status.name.lower()
+        statuses[name] = statuses.get(name, 0) + 1
+        report(i + 1, starts, "starts")
         if sol.status not in (Status.CONVERGED, Status.SADDLE):     # LM looks for critical points of any kind
             continue
         converged += 1
-        x = flatten(sol.params, xp=np)
+        x = flatten(sol.params, xp=np).astype(np.float64)
         for j, y in enumerate(xs):
             if same_orbit(problem, x, y):
-                unique[j].found += 1
+                unique[j][1] += 1
                 break
         else:
             xs.append(x)
-            unique.append(analyze_point(problem, x, hessian=hessian, tolerances=tolerances, label=f"start {i}"))
+            unique.append([i, 1])
+    points = []
+    for k, ((i, found), x) in enumerate(zip(unique, xs)):
+        report(k, len(xs), "classifying")
+        cp = analyze_point(problem, x, hessian=hessian, tolerances=tolerances, label=f"start {i}")
+        cp.found = found
+        points.append(cp)
+    report(len(xs), len(xs), "classifying")
     if with_escape:
-        for cp in unique:
-            if cp.classification == "strict_saddle":
-                cp.escape = escape(problem, cp, hessian=hessian, tolerances=tolerances)
-    return Census(unique, starts, converged, time.perf_counter() - t0)
+        saddles = [cp for cp in points if cp.classification == "strict_saddle"]
+        for j, cp in enumerate(saddles):
+            report(j, len(saddles), "escaping")
+            cp.escape = escape(problem, cp, hessian=hessian, tolerances=tolerances)
+        report(len(saddles), len(saddles), "escaping")
+    return Census(points, starts, converged, time.perf_counter() - t0, solver=solver if isinstance(solver, str)
+                  else getattr(solver, "name", str(solver)), seeds=(seed, seed + starts - 1), scales=run_scales,
+                  statuses=statuses)
 
 
 def slices(problem: Problem, point: CriticalPoint, *, num: int = 61, num2d: int = 41, seed: int = 0) -> dict:
@@ -133,6 +240,8 @@ def save_landscape(problem: Problem, points: list, record: dict, path) -> None:
     for i, cp in enumerate(points):
         if cp.eigenvalues is not None:
             arrays[f"eigs_{i}"] = cp.eigenvalues
+        if cp.not_finite:
+            continue                     # no direction to slice along, and f is not finite there anyway
         for k, val in slices(problem, cp).items():
             arrays[f"slice_{i}_{k}"] = val
     path = os.fspath(path)

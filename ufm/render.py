@@ -51,33 +51,71 @@ def render_solution(rec: dict) -> str:
     return "\n".join(lines)
 
 
+def _num(v, spec: str) -> str:
+    """A number formatted with ``spec``, or "—" for a missing (None, NaN in JSON) or non-numeric value: a format spec
+    applied to None raises."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "—"
+    if v != v:
+        return "—"
+    return format(v, spec)
+
+
+def _escape_line(e: dict) -> str:
+    runs = e.get("attempts") or []
+    how = " → ".join(a["solver"] for a in runs) if len(runs) > 1 else ""
+    where = (f"{e.get('classification', '—')} (f = {_num(e.get('objective'), '.8f')}, "
+             f"‖∇f‖ = {_num(e.get('grad_norm'), '.1e')}" + (f"; runs {how}" if how else "") + ")")
+    if e.get("gave_up"):
+        return f"escape GAVE UP: {e.get('reason') or 'no reason recorded'}; last point {where}"
+    return f"escape along the negative-curvature eigenvector → {where}"
+
+
 def render_landscape(rec: dict) -> str:
-    """A readable table of analysed critical points."""
-    c = rec["config"]
-    lines = [f"UFM landscape: K={c['K']} d={c['d']} n={c['n']} loss={c['loss']} λ_W={c['lam_W']:g} λ_H={c['lam_H']:g} "
-             f"bias={c['bias']} — at {rec['at']}, Hessian {rec['hessian_method']}",
-             f"tolerances: ‖∇f‖ ≤ {rec['tolerances']['grad_tol']:g} is critical; |θ| ≤ zero_tol is zero "
-             f"({rec['tolerances']['zero_tol_rule']}); objective vs theory to {rec['tolerances']['obj_tol']:g} relative"]
+    """A readable table of analysed critical points; "—" where a number is missing (NaN/inf points, no theory)."""
+    c, tol = rec["config"], rec["tolerances"]
+    lines = [f"UFM landscape: K={c['K']} d={c['d']} n={c['n']} loss={c['loss']} λ_W={_num(c['lam_W'], 'g')} "
+             f"λ_H={_num(c['lam_H'], 'g')} bias={c['bias']} — at {rec['at']}, Hessian {rec.get('hessian_method')}",
+             f"tolerances: ‖∇f‖ ≤ {_num(tol['grad_tol'], 'g')} is critical; |θ| ≤ zero_tol is zero "
+             f"({tol['zero_tol_rule']}); objective vs theory to {_num(tol['obj_tol'], 'g')} relative"]
+    if c.get("solver") is not None:
+        lines.append(f"solver {c['solver']}, gtol {_num(c.get('gtol'), 'g')}, max steps {c.get('max_steps')}, "
+                     + (f"seeds {c['seeds'][0]}…{c['seeds'][1]}, start scales "
+                        + ", ".join(_num(v, "g") for v in c.get("init_scales") or []) if "seeds" in c
+                        else f"seed {c.get('seed')}, init scale {_num(c.get('init_scale'), 'g')}"))
     if "census" in rec:
         cs = rec["census"]
         lines.append(f"census: {cs['starts']} starts, {cs['converged']} reached a critical point, {cs['unique']} distinct "
-                     f"up to rotation, {cs['wall_time_s']:.1f} s")
+                     f"up to rotation, {_num(cs.get('wall_time_s'), '.1f')} s")
+        if not cs["converged"]:
+            ends = ", ".join(f"{v} {k}" for k, v in sorted((cs.get("statuses") or {}).items()))
+            lines.append(f"  no start converged ({ends or 'no runs'}): raise --max-steps or loosen --gtol")
+    if "origin_min_eig_theory" in rec:
+        th = rec["origin_min_eig_theory"]
+        lines.append(f"theory λ_min at the origin (theory.md §4.2): {_num(th, '.2e')}"
+                     + ("  (defined for CE, LS and FL only)" if th is None else ""))
     head = f"{'point':10}{'class':>26}{'f':>14}{'‖∇f‖':>10}{'λ_min':>11}{'λ_min⊥':>11}{'λ_max':>10}{'#neg':>6}{'#zero/exp':>11}{'resid':>9}"
     lines += ["", head]
     for p in rec["critical_points"]:
-        zero = f"{'?' if p['n_zero'] is None else p['n_zero']}/{p['expected_zero_modes']}"
-        neg = "≥1" if p["n_negative"] is None else str(p["n_negative"])
-        lines.append(f"{p['label'][:10]:10}{p['classification']:>26}{p['objective']:>14.8f}{p['grad_norm']:>10.1e}"
-                     f"{p['min_eig']:>11.2e}{p['min_eig_deflated']:>11.2e}{p['max_eig']:>10.2e}{neg:>6}{zero:>11}"
-                     f"{p['eig_residual']:>9.1e}")
+        zero = f"{'?' if p['n_zero'] is None else p['n_zero']}/{'—' if p['expected_zero_modes'] is None else p['expected_zero_modes']}"
+        if p["classification"] == "nonfinite":
+            neg = "—"
+        else:
+            neg = "≥1" if p["n_negative"] is None else str(p["n_negative"])
+        lines.append(f"{(p['label'] or '')[:10]:10}{p['classification']:>26}{_num(p['objective'], '.8f'):>14}"
+                     f"{_num(p['grad_norm'], '.1e'):>10}{_num(p['min_eig'], '.2e'):>11}"
+                     f"{_num(p['min_eig_deflated'], '.2e'):>11}{_num(p['max_eig'], '.2e'):>10}{neg:>6}{zero:>11}"
+                     f"{_num(p['eig_residual'], '.1e'):>9}")
+        if p.get("not_finite"):
+            lines.append(f"{'':10}  not finite: {', '.join(p['not_finite'])} — neither a minimiser nor a saddle")
         if p["escape"]:
-            e = p["escape"]
-            lines.append(f"{'':10}  escape along the negative-curvature eigenvector → {e['classification']} "
-                         f"(f = {e['objective']:.8f}, ‖∇f‖ = {e['grad_norm']:.1e})")
-        if p["theory_objective"] is not None and p["classification"] != "not_critical":
-            lines.append(f"{'':10}  theory optimum f* = {p['theory_objective']:.8f}; gap {p['objective'] - p['theory_objective']:.2e}")
+            lines.append(f"{'':10}  {_escape_line(p['escape'])}")
+        f, fs = p["objective"], p["theory_objective"]
+        if fs is not None and p["classification"] not in ("not_critical", "nonfinite"):
+            gap = f - fs if isinstance(f, (int, float)) and isinstance(fs, (int, float)) else None
+            lines.append(f"{'':10}  theory optimum f* = {_num(fs, '.8f')}; gap {_num(gap, '.2e')}")
     counts = {}
     for p in rec["critical_points"]:
         counts[p["classification"]] = counts.get(p["classification"], 0) + 1
-    lines += ["", "summary: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
+    lines += ["", "summary: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no critical points")]
     return "\n".join(lines)
