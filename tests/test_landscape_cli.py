@@ -156,9 +156,9 @@ def test_a_failed_save_after_the_work_still_prints_the_result(capsys, monkeypatc
     path = str(tmp_path / "land.npz")
     code, out, err = run(capsys, *TINY, "--at", "origin", "--no-escape", "--save", path, "--json")
     assert json.loads(out)["critical_points"][0]["classification"] == "strict_saddle"
-    assert code == 1 and err.count("\n") == 1 and path in err and "No space left" in err
+    assert code == 4 and err.count("\n") == 1 and path in err and "No space left" in err
     code, out, err = run(capsys, *TINY, "--at", "origin", "--no-escape", "--save", path)
-    assert "strict_saddle" in out and "saved" not in out and code == 1
+    assert "strict_saddle" in out and "saved" not in out and code == 4
 
 
 @pytest.fixture

@@ -180,7 +180,7 @@ def test_a_failed_write_after_the_solve_keeps_the_result(capsys, tmp_path, monke
     monkeypatch.setattr(ufm.report, "save_npz", full_disk)
     code, out, err = run(capsys, "solve", *SMALL, "--lam", "5e-3", "--save", str(tmp_path / "x.npz"), "--json")
     assert json.loads(out)["status"] == "converged"         # the result reached the user
-    assert code == 2 and "No space left" in err and "result above is complete" in err
+    assert code == 4 and "No space left" in err and "result above is complete" in err
 
 
 @pytest.mark.parametrize("args, flag", [

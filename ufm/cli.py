@@ -1,7 +1,8 @@
 """The ``ufm`` command line: thin parsing around the library (heavy imports happen inside the commands, so
 ``ufm --help`` is fast).
 
-Exit status: 0 converged, 2 bad input (one line on stderr), 3 not converged.
+Exit status: 0 success, 2 bad input (one line on stderr, before any work), 3 not converged or not a minimiser,
+4 result printed but an output file not written, 130 interrupted, 1 internal error.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_problem_flags(lp)
     # None = not given: the solve flags resolve per --at (commands._SOLVE_DEFAULTS: the census defaults to LM at
     # gtol 1e-10, 500 steps a start, cycled start scales), and a flag --at would ignore is refused
-    lp.set_defaults(solver=None, gtol=None, max_steps=None, seed=None, init_scale=None, dtype=None)
+    lp.set_defaults(solver=None, gtol=None, rtol=None, max_steps=None, seed=None, init_scale=None, dtype=None)
     g = lp.add_argument_group("landscape")
     g.add_argument("--at", choices=("solution", "origin", "census"), default="solution",
                    help="analyse the solve's end point, the origin, or a census of critical points (default solution)")
@@ -200,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run one command; return its exit status. Every failure ends as one line on stderr, never a traceback
     (``UFM_DEBUG=1`` re-raises unexpected errors for a bug report): 2 bad input (checked before any work), 3 not
-    converged or not a minimiser, 130 interrupted, 1 an internal error."""
+    converged or not a minimiser, 4 result printed but an output file not written, 130 interrupted, 1 an internal
+    error."""
     import os
 
     parser = build_parser()

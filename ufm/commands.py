@@ -9,6 +9,8 @@ import os
 import sys
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED = 0, 2, 3
+#: the result was computed and printed, but an output file could not be written (disk full, folder removed meanwhile)
+EXIT_SAVE_FAILED = 4
 
 
 
@@ -73,13 +75,13 @@ class SolveProgress:
 
 def _write_after_result(flag, path, write) -> int:
     """Write an output file after the result was printed: a failure now (disk full, folder removed) loses nothing
-    the user has not already seen; it is one line and exit 2."""
+    the user has not already seen; it is one line and exit 4."""
     try:
         write()
     except OSError as exc:
         sys.stderr.write(f"ufm: error: {flag}: could not write {path} ({exc.strerror or exc}); the result above is "
                          "complete\n")
-        return EXIT_BAD_INPUT
+        return EXIT_SAVE_FAILED
     return EXIT_OK
 
 
@@ -142,10 +144,12 @@ def _progress(verbose: bool = False):
 #: the solve flags of `ufm landscape` and their defaults where a solve runs: the census runs LM to a tighter gtol
 #: with a short budget per start and cycles its start scales (landscape.CENSUS_SCALES) unless --init-scale is given
 _SOLVE_DEFAULTS = {
-    "solution": {"solver": "auto", "gtol": 1e-9, "max_steps": 10000, "seed": 0, "init_scale": 0.1, "dtype": "float64"},
-    "census": {"solver": "lm", "gtol": 1e-10, "max_steps": 500, "seed": 0, "init_scale": None, "dtype": "float64"},
+    "solution": {"solver": "auto", "gtol": 1e-9, "rtol": 1e-6, "max_steps": 10000, "seed": 0, "init_scale": 0.1,
+                 "dtype": "float64"},
+    "census": {"solver": "lm", "gtol": 1e-10, "rtol": 1e-6, "max_steps": 500, "seed": 0, "init_scale": None,
+               "dtype": "float64"},
 }
-_SOLVE_FLAGS = {"solver": "--solver", "gtol": "--gtol", "max_steps": "--max-steps", "seed": "--seed",
+_SOLVE_FLAGS = {"solver": "--solver", "gtol": "--gtol", "rtol": "--rtol", "max_steps": "--max-steps", "seed": "--seed",
                 "init_scale": "--init-scale", "dtype": "--dtype", "lr": "--lr"}
 
 
@@ -168,10 +172,6 @@ def _landscape_options(args) -> dict:
     return opts
 
 
-#: `ufm landscape` finished and printed its result, but --save could not be written (disk full)
-EXIT_SAVE_FAILED = 1
-
-
 def cmd_landscape(args) -> int:
     from .critical import Tolerances, analyze_point, check_hessian, origin, origin_min_eig_theory
     from .errors import UFMInputError
@@ -187,6 +187,10 @@ def cmd_landscape(args) -> int:
     tol = Tolerances(grad_tol=args.grad_tol, zero_tol=args.zero_tol)
     save = check_output_path("--save", args.save, (".npz",))
     if opts:
+        from .solvers import _validate_run_args
+
+        scale = 0.1 if opts["init_scale"] is None else opts["init_scale"]
+        _validate_run_args(opts["seed"], scale, opts["gtol"], opts["max_steps"], opts["dtype"], opts["rtol"])
         as_solver(opts["solver"], lr=opts["lr"])
     method = check_hessian(problem, args.hessian, solver=opts.get("solver", ESCAPE_SOLVERS[0]))
     report = _progress(args.verbose)
@@ -200,7 +204,7 @@ def cmd_landscape(args) -> int:
     code = EXIT_OK
     if args.at == "census":
         cs = census(problem, opts["starts"], hessian=args.hessian, tolerances=tol, with_escape=not args.no_escape,
-                    progress=report, solver=opts["solver"], seed=opts["seed"], gtol=opts["gtol"],
+                    progress=report, solver=opts["solver"], seed=opts["seed"], gtol=opts["gtol"], rtol=opts["rtol"],
                     max_steps=opts["max_steps"], init_scale=opts["init_scale"], lr=opts["lr"], dtype=opts["dtype"])
         points = cs.points
         rec["census"] = {"starts": cs.starts, "converged": cs.converged, "unique": len(points),
@@ -209,7 +213,7 @@ def cmd_landscape(args) -> int:
     else:
         if args.at == "solution":
             report(0, 1, "solving")
-            sol = solve(problem, solver=opts["solver"], gtol=opts["gtol"], max_steps=opts["max_steps"],
+            sol = solve(problem, solver=opts["solver"], gtol=opts["gtol"], rtol=opts["rtol"], max_steps=opts["max_steps"],
                         seed=opts["seed"], init_scale=opts["init_scale"], dtype=opts["dtype"], lr=opts["lr"])
             report(1, 1, "solving")
             rec["solve"] = {"status": sol.status.name.lower(), "steps": sol.steps, "grad_norm": sol.grad_norm}

@@ -32,10 +32,10 @@ STAGES = ("starts", "classifying", "escaping")
 
 
 def find_critical_point(problem: Problem, seed: int, scale: float, gtol: float = 1e-10, max_steps: int = 500,
-                        solver="lm", lr=None, dtype: str = "float64"):
+                        solver="lm", lr=None, dtype: str = "float64", rtol: float = 1e-6):
     """One run (LM by default) from a seeded N(0, scale²) start; returns the solve's Solution (status says if it
     converged)."""
-    return solve(problem, solver=solver, gtol=gtol, max_steps=max_steps, seed=seed, init_scale=scale, lr=lr,
+    return solve(problem, solver=solver, gtol=gtol, rtol=rtol, max_steps=max_steps, seed=seed, init_scale=scale, lr=lr,
                  dtype=dtype)
 
 
@@ -148,7 +148,7 @@ def _stage_progress(progress):
 def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian: str = "auto",
            tolerances: Tolerances = Tolerances(), gtol: float = 1e-10, with_escape: bool = True,
            progress: Optional[Callable] = None, solver="lm", seed: int = 0, max_steps: int = 500,
-           init_scale: Optional[float] = None, lr=None, dtype: str = "float64") -> Census:
+           init_scale: Optional[float] = None, lr=None, dtype: str = "float64", rtol: float = 1e-6) -> Census:
     """Runs of ``solver`` (Levenberg–Marquardt: it converges to saddles too) from ``starts`` seeded random starts,
     start i with seed ``seed + i`` and scale ``init_scale`` or else ``scales[i % len(scales)]``; dedupe up to
     symmetry; classify each unique point; escape from each strict saddle.
@@ -176,7 +176,7 @@ def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian:
     converged = 0
     for i in range(starts):
         sol = find_critical_point(problem, seed=seed + i, scale=run_scales[i % len(run_scales)], gtol=gtol,
-                                  max_steps=max_steps, solver=solver, lr=lr, dtype=dtype)
+                                  max_steps=max_steps, solver=solver, lr=lr, dtype=dtype, rtol=rtol)
         name = sol.status.name.lower()
         statuses[name] = statuses.get(name, 0) + 1
         report(i + 1, starts, "starts")
