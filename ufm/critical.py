@@ -322,7 +322,8 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
 
 
 def origin(problem: Problem) -> Params:
-    """(W, H, b) = (0, 0, 0): critical for every loss here (theory.md §4.2)."""
+    """(W, H, b) = (0, 0, 0): a critical point for the softmax losses (CE, FL, LS) and for bias-free MSE; with MSE and
+    a bias, ∇_b ≠ 0 there (the targets pull b), so it is not critical (docs/theory.md §5.4)."""
     K, d, N = problem.K, problem.d, problem.N
     return Params(np.zeros((K, d)), np.zeros((d, N)), np.zeros(K) if problem.bias else None)
 
