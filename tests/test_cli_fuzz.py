@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import ufm
 from ufm.cli import build_parser, main
 
 COMMANDS = ("solve", "landscape", "sweep", "plot")

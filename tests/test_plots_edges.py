@@ -17,7 +17,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from ufm import plots
 from ufm.cli import main
-from ufm.errors import UFMInputError
 from ufm.theory import _simplex_frame
 
 

@@ -210,7 +210,6 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
-    from . import commands
     from .errors import UFMInputError
 
     prefix = f"ufm {args.command}: error:"

@@ -174,7 +174,6 @@ def _landscape_options(args) -> dict:
 
 def cmd_landscape(args) -> int:
     from .critical import Tolerances, analyze_point, check_hessian, origin, origin_min_eig_theory
-    from .errors import UFMInputError
     from .landscape import CENSUS_SCALES, ESCAPE_SOLVERS, census, escape
     from .paths import check_output_path
     from .render import render_landscape
