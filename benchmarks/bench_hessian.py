@@ -3,7 +3,7 @@ eigenvalue at ≥ 1e6 parameters, side by side with the dense path and the unshi
 
     python benchmarks/bench_hessian.py [--big-n 1000] [--skip-dense-max]
 
-The point is the exact global minimiser of theory.md §3 (ufm.theory_point, randomly rotated), so the smallest
+The point is the exact global minimiser of docs/theory.md §4 (ufm.theory_point, randomly rotated), so the smallest
 eigenvalue of ∇²f is exactly 0 with multiplicity d(d−1)/2 − (d−K+1)(d−K)/2 and the deflated one is positive.
 """
 

@@ -45,7 +45,7 @@ def test_solution_is_global_minimizer_by_both_methods(kw):
 @pytest.mark.parametrize("loss, kw", [("ce", {}), ("ls", dict(alpha=0.2)), ("fl", dict(gamma=1.0)), ("fl", dict(gamma=3.0))])
 @pytest.mark.parametrize("side", [0.8, 1.25])
 def test_origin_eigenvalue_and_class_flip(loss, kw, side):
-    # theory.md §4.2: λ_min = λ − φ′(0)/√n at λ_W = λ_H = λ, a strict saddle iff √(nλ²) = nλ/√n... < φ′(0)
+    # docs/theory.md §5.4: λ_min = λ − φ′(0)/√n at λ_W = λ_H = λ, a strict saddle iff √(nλ²) = nλ/√n... < φ′(0)
     K, n = 4, 5
     lam = side * phi_prime0(ufm.as_loss(loss, **kw), K) / np.sqrt(n)        # c = √n·λ = side·φ′(0)
     prob = ufm.Problem.create(K, 6, n, lam=lam, bias=False, loss=loss, **kw)
@@ -111,7 +111,7 @@ def test_explicit_zero_tolerance_is_used():
 
 
 def test_ls_census_is_benign_and_every_escape_reaches_the_optimum():
-    # Thm 3.2 (theory.md §4.1) for LS with d > K, checked by measurement
+    # Thm 3.2 (docs/theory.md §5.1) for LS with d > K, checked by measurement
     prob = ufm.Problem.create(3, 4, 2, lam=0.05, loss="ls", alpha=0.1)
     cs = census(prob, starts=12)
     f_star = ufm.theory_optimum(prob).objective

@@ -1,5 +1,5 @@
 """Curvature: HVPs against the dense Hessian and finite differences, dense against matrix-free spectra, and the
-symmetry projector against the zero-mode counts of theory.md §4.4."""
+symmetry projector against the zero-mode counts of docs/theory.md §5.6."""
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +43,7 @@ def test_dense_and_matrix_free_extremes_agree(rng):
 
 @pytest.mark.parametrize("K, d, lam_b, expected", [(3, 4, 5e-3, 5), (4, 6, 5e-3, 12), (3, 4, 0.0, 6), (4, 3, 5e-3, 3)])
 def test_projector_and_zero_mode_counts(K, d, lam_b, expected):
-    # theory.md §4.4: K = 3, d = 4 → 5; K = 4, d = 6 → 12; a free softmax bias adds one (→ 6); d = K − 1 → d(d−1)/2
+    # docs/theory.md §5.6: K = 3, d = 4 → 5; K = 4, d = 6 → 12; a free softmax bias adds one (→ 6); d = K − 1 → d(d−1)/2
     prob = ufm.Problem.create(K, d, 3, lam=5e-3, lam_b=lam_b, loss="ce")
     x = flatten(ufm.solve(prob, gtol=1e-11).params, xp=np)
     t = orbit_tangent(prob, x)

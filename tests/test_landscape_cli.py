@@ -197,7 +197,7 @@ def test_render_an_inf_point_and_the_mse_origin(capsys):
     assert "nonfinite" in text and "?/—" in text and "not finite: point, objective, gradient" in text
     # MSE has no φ′(0): the origin's theory eigenvalue is missing and shows as a dash
     code, out, err = run(capsys, *TINY, "--loss", "mse", "--no-bias", "--at", "origin", "--no-escape")
-    assert code == 0 and "theory λ_min at the origin (theory.md §4.2): —" in out
+    assert code == 0 and "theory λ_min at the origin (docs/theory.md §5.4): —" in out
 
 
 def test_render_with_every_number_missing():

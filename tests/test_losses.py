@@ -40,7 +40,7 @@ def test_label_smoothing_hand_computed(alpha):
 
 
 def test_ls_is_ce_plus_linear_term():
-    # theory.md §1.5: L_LS = L_CE − (α/K) Σ_{j≠k}(z_j − z_k)
+    # docs/theory.md §2.3: L_LS = L_CE − (α/K) Σ_{j≠k}(z_j − z_k)
     alpha, K = 0.3, Z.shape[1]
     lin = np.array([np.sum(z - z[y]) for z, y in zip(Z, Y)])
     np.testing.assert_allclose(LabelSmoothing(alpha)(Z, Y), CrossEntropy()(Z, Y) - alpha / K * lin, rtol=1e-13)
@@ -74,7 +74,7 @@ def test_large_logits_are_stable(loss):
 @pytest.mark.parametrize("gamma", [0.0, 0.3, 0.5, 0.9, 1.0, 2.5])
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
 def test_focal_gradient_finite_at_saturation(gamma, dtype):
-    # p_k rounds to exactly 1 here; naive (1-p)**γ has a 0·∞ gradient for γ < 1 (theory.md §8.9)
+    # p_k rounds to exactly 1 here; naive (1-p)**γ has a 0·∞ gradient for γ < 1 (docs/theory.md §2.6)
     z = jnp.array([[200.0, 0.0, 0.0], [5.0, 1.0, 0.0]], dtype=dtype)
     y = jnp.array([0, 0])
     g = jax.grad(lambda z: jnp.sum(FocalLoss(gamma)(z, y)))(z)

@@ -1,4 +1,4 @@
-"""NC metrics on constructed features with known answers (theory.md §6)."""
+"""NC metrics on constructed features with known answers (docs/theory.md §6)."""
 
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ def test_exact_simplex_etf_scores_zero():
 
 
 def test_orthogonal_frame_centred_zero_uncentred_positive():
-    # theory.md §8.6: centring maps an orthogonal frame to a simplex ETF (0.0), uncentred it scores 0.518 at K = 4
+    # docs/theory.md §6.3: centring maps an orthogonal frame to a simplex ETF (0.0), uncentred it scores 0.518 at K = 4
     K = 4
     W = np.eye(K, 6) * 1.7
     assert nc2_classifier(W) == pytest.approx(0.0, abs=1e-14)

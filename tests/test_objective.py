@@ -1,4 +1,4 @@
-"""Objective (7) against an independent numpy implementation written from theory.md §1 with explicit loops."""
+"""Objective (7) against an independent numpy implementation written from docs/theory.md §1 with explicit loops."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -72,7 +72,7 @@ def test_objective_gradients(loss, kw, rng):
 
 
 def test_rotation_invariance(rng):
-    # f(WQ, QᵀH, b) = f(W, H, b) for Q ∈ O(d): the symmetry behind the zero modes of theory.md §4.4
+    # f(WQ, QᵀH, b) = f(W, H, b) for Q ∈ O(d): the symmetry behind the zero modes of docs/theory.md §5.6
     prob = ufm.Problem.create(4, 5, 3, lam=0.01, loss="ls", alpha=0.1)
     W, H, b = rng.normal(size=(4, 5)), rng.normal(size=(5, 12)), rng.normal(size=4)
     Q, _ = np.linalg.qr(rng.normal(size=(5, 5)))

@@ -46,7 +46,7 @@ def test_nonfinite_status_from_user_loss():
 
 
 def test_stalled_status_in_float32():
-    # float32 cannot reach ‖∇f‖ ≤ 1e-12 (design.md §4: it floors near 1e-7); the solve says so instead of looping
+    # float32 cannot reach ‖∇f‖ ≤ 1e-12 (docs/theory.md §9: it floors near 1e-7); the solve says so instead of looping
     sol = ufm.solve(ufm.Problem.create(**SMALL), dtype="float32", gtol=1e-12, solver="lbfgs")
     assert sol.status == Status.STALLED and sol.grad_norm > 1e-12
 
@@ -84,7 +84,7 @@ def test_lambda_grid_compiles_once():
 
 
 def test_trivial_collapse_is_found_and_predicted():
-    # K√(nλ²) = 4·√5·0.2 > 1: the origin is the global minimiser (theory.md §8.2)
+    # K√(nλ²) = 4·√5·0.2 > 1: the origin is the global minimiser (docs/theory.md §4.7)
     prob = ufm.Problem.create(4, 6, 5, lam=0.2)
     sol = ufm.solve(prob)
     th = ufm.theory_optimum(prob)

@@ -1,4 +1,4 @@
-"""Theory optimum (theory.md §3, §5) against reference values, the independent scalar solver and explicit points."""
+"""Theory optimum (docs/theory.md §4) against reference values, the independent scalar solver and explicit points."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +11,7 @@ from ufm.theory import ce_ls_closed_form, phi, phi_prime0, scalar_optimum, theor
 
 
 def test_mse_reference_values():
-    # theory.md §5 reference values, K = 4, d = 6, n = 5, λ = 0.02
+    # docs/theory.md §4.6 reference values, K = 4, d = 6, n = 5, λ = 0.02
     free = theory_optimum(ufm.Problem.create(4, 6, 5, lam=0.02, lam_b=0.0, loss="mse", kappa=1.0, beta=1.0))
     assert free.objective == pytest.approx(0.12816408, abs=5e-9)
     assert free.b == pytest.approx([0.25] * 4)
@@ -37,7 +37,7 @@ def test_closed_form_matches_scalar_problem(K, c, alpha):
 
 
 def test_trivial_collapse_threshold():
-    # theory.md §3.3: t* = 0 and f* = log K iff K√(nλ_Wλ_H) ≥ 1 − α
+    # docs/theory.md §4.4: t* = 0 and f* = log K iff K√(nλ_Wλ_H) ≥ 1 − α
     K, n = 10, 100
     lam_edge = 1.0 / (K * np.sqrt(n))       # K·c = 1
     above = theory_optimum(ufm.Problem.create(K, 16, n, lam=lam_edge * 1.01))
@@ -79,7 +79,7 @@ def test_theory_point_attains_theory_objective(kw, rng):
     assert float(f) == pytest.approx(th.objective, rel=1e-13)
     assert np.sum(W**2) == pytest.approx(th.W_fro_sq, rel=1e-12)
     assert np.sum(H**2) == pytest.approx(th.H_fro_sq, rel=1e-12)
-    # regularisers balance at the optimum: λ_W‖W‖² = λ_H‖H‖² (theory.md §3.2)
+    # regularisers balance at the optimum: λ_W‖W‖² = λ_H‖H‖² (docs/theory.md §4.3)
     assert prob.lam_W * np.sum(W**2) == pytest.approx(prob.lam_H * np.sum(H**2), rel=1e-12)
 
 
@@ -95,7 +95,7 @@ def test_where_theory_does_not_apply():
 
 
 def test_focal_with_many_classes_is_flagged():
-    # φ_FL is not convex near t = 0 for large K (theory.md §2.4): report an upper bound, not a proven optimum
+    # φ_FL is not convex near t = 0 for large K (docs/theory.md §4.5): report an upper bound, not a proven optimum
     th = theory_optimum(ufm.Problem.create(100, 128, 5, loss="fl", gamma=2.0))
     assert not th.applies and th.upper_bound_only and th.objective is not None
     assert theory_optimum(ufm.Problem.create(10, 16, 5, loss="fl", gamma=2.0)).applies

@@ -1,4 +1,4 @@
-"""Classification of critical points of (7) by measured curvature (theory.md §4).
+"""Classification of critical points of (7) by measured curvature (docs/theory.md §5).
 
 Every class below comes from computed numbers (‖∇f‖, Hessian eigenvalues with residuals, the theory optimum),
 never from what a theorem says should happen:
@@ -101,7 +101,7 @@ class CriticalPoint:
 
 
 def _data_grad_Z(problem: Problem, W, H, b):
-    """G = ∇_Z g at Z = WH, with g(Z) = (1/N) Σ L(z_{k,i} + b, y_k) (theory.md §4.1), as a K×N matrix."""
+    """G = ∇_Z g at Z = WH, with g(Z) = (1/N) Σ L(z_{k,i} + b, y_k) (docs/theory.md §5.2), as a K×N matrix."""
     shape = problem.shape
 
     def g(Z):
@@ -113,7 +113,7 @@ def _data_grad_Z(problem: Problem, W, H, b):
 
 
 def certificate(problem: Problem, W, H, b) -> Optional[dict]:
-    """theory.md §8.10 for the convex losses (CE, LS, MSE): globally optimal iff balanced
+    """docs/theory.md §5.2 for the convex losses (CE, LS, MSE): globally optimal iff balanced
     (λ_W WᵀW = λ_H HHᵀ) and ‖∇_Z g‖₂ ≤ √(λ_W λ_H). None for other losses or λ = 0."""
     if not isinstance(problem.loss, (CrossEntropy, LabelSmoothing, RescaledMSE)) or min(problem.lam_W, problem.lam_H) <= 0:
         return None
@@ -132,7 +132,7 @@ def certificate(problem: Problem, W, H, b) -> Optional[dict]:
 
 
 def negative_curvature_direction(problem: Problem, x):
-    """The explicit direction of theory.md §4.1 at x, when rank W < d: with a ∈ null(W) ∩ null(Hᵀ) and (u, v) the
+    """The explicit direction of docs/theory.md §5.3 at x, when rank W < d: with a ∈ null(W) ∩ null(Hᵀ) and (u, v) the
     top singular pair of G = ∇_Z g, Δ_W = (λ_H/λ_W)^{1/4} u aᵀ, Δ_H = −(λ_W/λ_H)^{1/4} a vᵀ, Δ_b = 0, with
     predicted curvature Δᵀ∇²fΔ = 2(√(λ_Wλ_H) − σ_max(G)). Returns (flat Δ, prediction) or None."""
     lw, lh = problem.lam_W, problem.lam_H
@@ -154,7 +154,7 @@ def negative_curvature_direction(problem: Problem, x):
 
 
 def origin_min_eig_theory(problem: Problem) -> float:
-    """theory.md §4.2: λ_min of the (W, H) block of ∇²f at the origin,
+    """docs/theory.md §5.4: λ_min of the (W, H) block of ∇²f at the origin,
     (λ_W+λ_H)/2 − √(((λ_W−λ_H)/2)² + φ′(0)²/n)."""
     p0 = phi_prime0(problem.loss, problem.K)
     lw, lh = problem.lam_W, problem.lam_H
@@ -329,7 +329,7 @@ def origin(problem: Problem) -> Params:
 
 
 def mse_saddle_point(problem: Problem, r: int) -> Params:
-    """The rank-r critical point of bias-free vanilla MSE (κ = 1; theory.md §4.2): Z = a U_r U_rᵀ Y with
+    """The rank-r critical point of bias-free vanilla MSE (κ = 1; docs/theory.md §5.5): Z = a U_r U_rᵀ Y with
     a = (β − Kc/2)_+, balanced W W ᵀ = s_c a U_r U_rᵀ. A strict saddle for every r < K."""
     loss = problem.loss
     if not isinstance(loss, RescaledMSE) or problem.bias or loss.kappa != 1.0 or not 0 <= r <= min(problem.K, problem.d):

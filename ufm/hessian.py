@@ -2,10 +2,10 @@
 
 - HVPs are forward-over-reverse (``jvp`` of ``grad``): one HVP costs a few gradients, at any size.
 - The dense path forms ∇²f with ``jax.hessian`` and takes every eigenvalue with ``numpy.linalg.eigh``
-  (design.md §4: fine up to ~8k parameters).
+  (docs/theory.md §9: fine up to ~8k parameters).
 - The matrix-free path is scipy's ARPACK (implicitly restarted Lanczos) on a *shifted* operator: smallest
   algebraic eigenvalues of H are the largest of σI − H. Plain smallest-algebraic ``eigsh`` fails to converge on the
-  hundreds of exact zeros at an NC minimum (design.md §4); the shift fixes it. Every eigenpair comes with its residual
+  hundreds of exact zeros at an NC minimum (docs/theory.md §9); the shift fixes it. Every eigenpair comes with its residual
   ‖Hv − θv‖ from a fresh HVP. Lanczos can miss copies of a repeated eigenvalue, so multiplicities are never counted
   from it: the symmetry zero modes are handled by deflation instead (symmetry.py).
 """

@@ -7,7 +7,7 @@ Numerics: every softmax loss is written through the single quantity
 ``a = logsumexp_{j≠k} z_j − z_k``, because
 ``−log p_k = softplus(a)`` and ``log(1 − p_k) = −softplus(−a)`` are then both exact and finite for any logits.
 That keeps FL's value and gradient finite for every γ ≥ 0, including γ < 1 when p_k saturates to 1
-(theory.md §8.9), where the naive ``(1 − p)**γ`` gives 0·∞ = NaN under autodiff.
+(docs/theory.md §2.6), where the naive ``(1 − p)**γ`` gives 0·∞ = NaN under autodiff.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Loss:
     """Base class. Subclasses are frozen dataclasses: hashable, so a loss can be a static jit argument."""
 
     name: str = "loss"
-    #: True when L(z + s·1) = L(z): a free bias then has a flat direction b ↦ b + s·1 (theory.md §4.4).
+    #: True when L(z + s·1) = L(z): a free bias then has a flat direction b ↦ b + s·1 (docs/theory.md §5.6).
     shift_invariant: bool = True
 
     def __call__(self, z, labels):  # pragma: no cover - abstract

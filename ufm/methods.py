@@ -79,7 +79,7 @@ def stationarity_scale(x, g, reg, shape):
     gradient the rest.
 
     At a minimiser away from the origin the first two balance, so ‖∇f‖ divided by this sum is a stationarity measure
-    that does not shrink with the λ's or the gradient's scale (docs/theory.md §7). Near the origin both shrink with
+    that does not shrink with the λ's or the gradient's scale (docs/theory.md §7.2). Near the origin both shrink with
     ‖x‖ and the ratio stays O(1) even as the iterates converge to it (the trivial-collapse minimiser); the last
     term, the penalty gradient at unit parameter norm, keeps the ratio meaningful there."""
     nW, nH, nb = shape.sizes

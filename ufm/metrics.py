@@ -1,6 +1,6 @@
-"""Neural-collapse metrics (theory.md §6), pure numpy functions of (W, H, b, labels).
+"""Neural-collapse metrics (docs/theory.md §6), pure numpy functions of (W, H, b, labels).
 
-Conventions (each metric names its own exactly; design.md §6 lists how repositories disagree):
+Conventions (each metric names its own exactly; docs/theory.md §6.4 lists how repositories disagree):
 - Σ_W = (1/N) Σ_{k,i} (h_{k,i} − μ_k)(h_{k,i} − μ_k)ᵀ, Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ (nc_loss).
 - J = (I_K − 11ᵀ/K)/√(K−1), the unit-Frobenius simplex-ETF Gram matrix.
 - A metric that divides by a zero norm (e.g. NC2 of W = 0 in the trivial-collapse regime) is NaN: undefined,
@@ -48,7 +48,7 @@ def nc2_classifier(W, centred: bool = True) -> float:
     """NC2 of W: ‖W̃W̃ᵀ/‖W̃W̃ᵀ‖_F − J‖_F, with W̃ = W − 1 w̄ᵀ (centred, nc_loss) or W̃ = W (uncentred).
 
     The uncentred form tells a simplex ETF (0) from an orthogonal frame (> 0); centring maps an orthogonal frame
-    to a simplex ETF, so the centred form scores both 0 (theory.md §8.6)."""
+    to a simplex ETF, so the centred form scores both 0 (docs/theory.md §6.3)."""
     W = np.asarray(W, dtype=np.float64)
     Wt = W - W.mean(axis=0) if centred else W
     return _gram_distance(Wt @ Wt.T, W.shape[0])

@@ -2,7 +2,7 @@
 
     f(W, H, b) = (1/N) Σ_{k,i} L(W h_{k,i} + b, y_k) + λ_W/2 ‖W‖_F² + λ_H/2 ‖H‖_F² + λ_b/2 ‖b‖²      (7)
 
-The solvers work on one flat vector x = [vec W, vec H, b] cut by static slices: design.md §4 measured
+The solvers work on one flat vector x = [vec W, vec H, b] cut by static slices: docs/theory.md §9 measured
 ``ravel_pytree``'s unravel in the hot loop at 4–15× slower gradients.
 """
 

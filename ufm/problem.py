@@ -6,7 +6,7 @@ Convention (pinned here once; theory.py, the tests and every report follow it):
                  + λ_W/2 ‖W‖_F² + λ_H/2 ‖H‖_F² + λ_b/2 ‖b‖²,          N = nK,
 
 the loss averaged over N, the penalties *not* divided by N. Shapes: W is K×d, H is d×N, b is K. Columns of H are
-class-major: column ``k*n + i`` is h_{k,i} and carries label k (theory.md §1.2 warns that the paper's printed H and
+class-major: column ``k*n + i`` is h_{k,i} and carries label k (docs/theory.md §1.2 warns that the paper's printed H and
 Y orders disagree; the sum form is the definition).
 
 Bias modes: ``"regularized"`` (λ_b > 0), ``"free"`` (λ_b = 0, an unregularised bias) and ``"none"`` (no b).
@@ -95,7 +95,7 @@ def _check_user_loss(loss: UserLoss, K: int, N: int):
 
 
 def _check_minimiser_exists(p) -> None:
-    """Refuse the λ's for which (7) has no minimiser (docs/theory.md §7), so no solve can report one.
+    """Refuse the λ's for which (7) has no minimiser (docs/theory.md §7.3), so no solve can report one.
 
     With λ_W = 0 < λ_H (or the reverse), (tW, H/t) keeps Z = WH and shrinks the penalty as t → ∞: f decreases
     towards the infimum of the loss term and never attains it, for every built-in loss. With λ_W = λ_H = 0, CE and
@@ -109,9 +109,9 @@ def _check_minimiser_exists(p) -> None:
         if p.loss.name == "mse" or (p.loss.name == "ls" and p.loss.alpha > 0):
             return
         raise UFMInputError("--lam", 0.0, f"with λ_W = λ_H = 0 the {p.loss.name.upper()} objective has no minimiser "
-                            "(f → 0 only as the margins → ∞; docs/theory.md §7); give λ_W > 0 and λ_H > 0")
+                            "(f → 0 only as the margins → ∞; docs/theory.md §7.3); give λ_W > 0 and λ_H > 0")
     raise UFMInputError(flag, value, "with only one of λ_W, λ_H zero, (7) has no minimiser (scaling W up and H down, "
-                        "or the reverse, lowers f forever; docs/theory.md §7); give both > 0, or both 0 for MSE")
+                        "or the reverse, lowers f forever; docs/theory.md §7.3); give both > 0, or both 0 for MSE")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,7 +92,7 @@ def render_landscape(rec: dict) -> str:
             lines.append(f"  no start converged ({ends or 'no runs'}): raise --max-steps or loosen --gtol")
     if "origin_min_eig_theory" in rec:
         th = rec["origin_min_eig_theory"]
-        lines.append(f"theory λ_min at the origin (theory.md §4.2): {_num(th, '.2e')}"
+        lines.append(f"theory λ_min at the origin (docs/theory.md §5.4): {_num(th, '.2e')}"
                      + ("  (defined for CE, LS and FL only)" if th is None else ""))
     head = f"{'point':10}{'class':>26}{'f':>14}{'‖∇f‖':>10}{'λ_min':>11}{'λ_min⊥':>11}{'λ_max':>10}{'#neg':>6}{'#zero/exp':>11}{'resid':>9}"
     lines += ["", head]

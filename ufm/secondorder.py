@@ -2,7 +2,7 @@
 
 A descent method that starts on (or stalls at) a saddle reports a tiny gradient there: the origin is a critical
 point of (7) for every loss, and a zero initialisation never leaves it. Where W has a null direction shared with Hᵀ
-(rank [W; Hᵀ] < d: the origin, and every point with d > rank), docs/theory.md §5 gives an explicit direction Δ with
+(rank [W; Hᵀ] < d: the origin, and every point with d > rank), docs/theory.md §5.3 gives an explicit direction Δ with
 curvature Δᵀ∇²fΔ = 2(√(λ_Wλ_H) − σ_max(∇_Z g)) (per unit of ‖Δ‖² after normalisation): when σ_max exceeds
 √(λ_Wλ_H) the point is a strict saddle, proven by that direction. The test costs one gradient of the loss with
 respect to the logits and one SVD of a K×N matrix — no Hessian. Where W has full column rank the test does not
@@ -19,7 +19,7 @@ def second_order_check(problem, params, rel_grad_norm: float) -> dict:
 
     ``saddle`` is True only when σ_max(∇_Z g) exceeds √(λ_Wλ_H) by more than the stationarity reached allows
     (relative margin max(1e-6, 100·rel_grad_norm)): at a global NC minimiser the two are equal (the certificate of
-    docs/theory.md §5), so a looser test would call optima saddles."""
+    docs/theory.md §5.2), so a looser test would call optima saddles."""
     from .critical import negative_curvature_direction
     from .model import flatten
 
@@ -43,6 +43,6 @@ def second_order_check(problem, params, rel_grad_norm: float) -> dict:
     margin = max(1e-6, 100.0 * float(rel_grad_norm if np.isfinite(rel_grad_norm) else 1.0))
     out.update(checked=True, curvature=float(predicted / float(delta @ delta)), sigma_max_grad_Z=float(smax),
                saddle=bool(smax > bound * (1.0 + margin)),
-               reason="explicit direction Δ with a ∈ null(W) ∩ null(Hᵀ) (docs/theory.md §5): curvature "
+               reason="explicit direction Δ with a ∈ null(W) ∩ null(Hᵀ) (docs/theory.md §5.3): curvature "
                       "2(√(λ_Wλ_H) − σ_max(∇_Z g))/‖Δ‖²")
     return out

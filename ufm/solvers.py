@@ -51,7 +51,7 @@ class Solution:
     stage_steps: tuple = ()
     trace_steps: Optional[np.ndarray] = None       # iterate numbers of the snapshots in trace_params
     trace_params: Optional[np.ndarray] = None      # (snapshots, #params) flat iterates, with trace_every > 0
-    rel_grad_norm: float = float("nan")            # ‖∇f‖ / (‖∇ data term‖ + ‖∇ penalty‖), docs/theory.md §7
+    rel_grad_norm: float = float("nan")            # ‖∇f‖ / (‖∇ data term‖ + ‖∇ penalty‖), docs/theory.md §7.2
     rtol: float = 1e-6
     second_order: Optional[dict] = None            # secondorder.second_order_check at a stationary end point
     trace_stride: int = 0                          # steps between kept snapshots: trace_every, doubled when thinned
@@ -105,7 +105,7 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: f
           **problem_kwargs) -> Solution:
     """Minimise objective (7) for ``problem`` (or ``Problem.create(**problem_kwargs)``) to a stationary point.
 
-    Stationary means both ‖∇f‖ ≤ ``gtol`` and ‖∇f‖ ≤ ``rtol``·(‖∇ data term‖ + ‖∇ penalty‖) (docs/theory.md §7): the
+    Stationary means both ‖∇f‖ ≤ ``gtol`` and ‖∇f‖ ≤ ``rtol``·(‖∇ data term‖ + ‖∇ penalty‖) (docs/theory.md §7.2): the
     absolute test alone says little when the whole gradient is tiny (λ → 0). A stationary point is then tested for
     an explicit descent direction (:mod:`ufm.secondorder`): a proven saddle ends with status SADDLE, not CONVERGED.
 

@@ -1,4 +1,4 @@
-"""The symmetry orbit of (7) and its tangent space (theory.md §4.4).
+"""The symmetry orbit of (7) and its tangent space (docs/theory.md §5.6).
 
 f(WQ, QᵀH, b) = f(W, H, b) for every Q ∈ O(d), and, for a shift-invariant (softmax) loss with a free bias,
 f(W, H, b + s1) = f(W, H, b). At a critical point every orbit tangent direction is a null vector of the Hessian,
@@ -26,7 +26,7 @@ RANK_ATOL = 1e-20
 
 
 def expected_zero_modes(d: int, r: int, free_shift: bool) -> int:
-    """dim of the orbit: d(d−1)/2 − (d−r)(d−r−1)/2 rotations (r = rank W), + 1 for b ↦ b + s1 (theory.md §4.4)."""
+    """dim of the orbit: d(d−1)/2 − (d−r)(d−r−1)/2 rotations (r = rank W), + 1 for b ↦ b + s1 (docs/theory.md §5.6)."""
     return d * (d - 1) // 2 - (d - r) * (d - r - 1) // 2 + int(free_shift)
 
 

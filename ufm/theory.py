@@ -1,7 +1,7 @@
-"""Closed-form and scalar-problem optima of objective (7) (theory.md §2–§5).
+"""Closed-form and scalar-problem optima of objective (7) (docs/theory.md §3–§4).
 
 Softmax losses (CE, LS, FL) with d ≥ K−1 (Thm 3.1): the optimum is neural collapse with scale fixed by the scalar
-problem (theory.md §3.2)
+problem (docs/theory.md §4.2)
 
     t* = argmin_{t ≤ 0} φ(t) + c|t|,   c = √(n λ_W λ_H),   f* = φ(t*) + c|t*|,
 
@@ -24,12 +24,12 @@ from .problem import Problem
 
 
 def _u(t, K):
-    """u(t) = log(1 + (K−1) e^{t/(K−1)}): −log p_k at equal off-target logits (theory.md §2.3)."""
+    """u(t) = log(1 + (K−1) e^{t/(K−1)}): −log p_k at equal off-target logits (docs/theory.md §3.2)."""
     return np.logaddexp(0.0, np.log(K - 1) + np.asarray(t, dtype=np.float64) / (K - 1))
 
 
 def phi(t, loss, K: int):
-    """φ of Definition 1 (eq. 9) at t = Σ_{j≠k}(z_j − z_k), for CE, LS and FL (theory.md §2.3 table)."""
+    """φ of Definition 1 (eq. 9) at t = Σ_{j≠k}(z_j − z_k), for CE, LS and FL (docs/theory.md §3.3 table)."""
     u = _u(t, K)
     if isinstance(loss, CrossEntropy):
         return u
@@ -41,7 +41,7 @@ def phi(t, loss, K: int):
 
 
 def phi_prime0(loss, K: int) -> float:
-    """φ′(0⁻), the origin threshold: the origin is a strict saddle iff √(nλ_Wλ_H) < φ′(0) (theory.md §4.2)."""
+    """φ′(0⁻), the origin threshold: the origin is a strict saddle iff √(nλ_Wλ_H) < φ′(0) (docs/theory.md §5.4)."""
     if isinstance(loss, CrossEntropy):
         return 1.0 / K
     if isinstance(loss, LabelSmoothing):
@@ -62,7 +62,7 @@ def _t_grid(K: int, c: float) -> np.ndarray:
 def scalar_optimum(loss, K: int, c: float) -> tuple[float, float]:
     """(t*, f*) of min_{t≤0} φ(t) + c|t| by a dense grid then bounded Brent refinement.
 
-    The grid (``_t_grid``) comes first because φ_FL may be non-convex (theory.md §2.4)."""
+    The grid (``_t_grid``) comes first because φ_FL may be non-convex (docs/theory.md §4.5)."""
     ts = _t_grid(K, c)
     g = lambda t: phi(t, loss, K) - c * t
     vals = g(ts)
@@ -76,7 +76,7 @@ def scalar_optimum(loss, K: int, c: float) -> tuple[float, float]:
 
 
 def ce_ls_closed_form(K: int, c: float, alpha: float = 0.0) -> tuple[float, float]:
-    """(m*, f*) for CE (α = 0) and LS (theory.md §3.3): with c′ = c + α/K, t* = 0 and f* = log K if c′ ≥ 1/K,
+    """(m*, f*) for CE (α = 0) and LS (docs/theory.md §4.4): with c′ = c + α/K, t* = 0 and f* = log K if c′ ≥ 1/K,
     else m* = log((1 − (K−1)c′)/c′), f* = −log(1 − (K−1)c′) + (K−1)c′m*."""
     cp = c + alpha / K
     if cp >= 1.0 / K:
@@ -112,7 +112,7 @@ class TheoryOptimum:
 def phi_is_convex(loss, K: int, c: float) -> bool:
     """Whether φ is convex on the scalar problem's range t ∈ [−span(K−1), 0] (second differences on a grid).
 
-    Jensen's step of the Thm 3.1 lower bound needs it; φ_FL fails it near t = 0 for large K (theory.md §2.4)."""
+    Jensen's step of the Thm 3.1 lower bound needs it; φ_FL fails it near t = 0 for large K (docs/theory.md §4.5)."""
     ts = _t_grid(K, c)
     v = phi(ts, loss, K)
     return bool(np.all(np.diff(v, 2) >= -1e-10 * (1.0 + np.abs(v[1:-1]))))
@@ -123,7 +123,7 @@ def _no_theory(reason):
 
 
 def theory_optimum(problem: Problem) -> TheoryOptimum:
-    """The global optimum of (7) predicted by theory.md §3 (CE/LS/FL) and §5 (MSE), or why none applies."""
+    """The global optimum of (7) predicted by docs/theory.md §4 (CE/LS/FL §4.1–§4.5, MSE §4.6), or why none applies."""
     K, d, n = problem.K, problem.d, problem.n
     lam_W, lam_H = problem.lam_W, problem.lam_H
     loss = problem.loss
@@ -131,7 +131,7 @@ def theory_optimum(problem: Problem) -> TheoryOptimum:
         return _no_theory("theory needs λ_W > 0 and λ_H > 0 (without weight decay the norms blow up)")
     # square roots first: n·λ_W·λ_H underflows to 0 for λ's near 1e-160 while c itself is representable
     c = float(np.sqrt(n) * np.sqrt(lam_W) * np.sqrt(lam_H))
-    sc = float(np.sqrt(n) * np.sqrt(lam_H) / np.sqrt(lam_W))   # ‖W*‖_F² = sc·|t*| (theory.md §3.2)
+    sc = float(np.sqrt(n) * np.sqrt(lam_H) / np.sqrt(lam_W))   # ‖W*‖_F² = sc·|t*| (docs/theory.md §4.3)
     if c == 0.0 or not np.isfinite(sc):
         return _no_theory(f"c = √(nλ_Wλ_H) underflows float64 at λ_W = {lam_W:g}, λ_H = {lam_H:g}: the optimum's "
                           "margins are beyond what float64 represents")
@@ -172,7 +172,7 @@ def theory_optimum(problem: Problem) -> TheoryOptimum:
             b0 = (kappa * (beta - m * (K - 1) / K) + (K - 1) * m / K) / (kappa + K - 1)
             W2 = sc * m * (K - 1)
             return TheoryOptimum(
-                applies=True, reason="MSE with a free bias: simplex ETF (theory.md §5)", objective=f, W_fro_sq=W2,
+                applies=True, reason="MSE with a free bias: simplex ETF (docs/theory.md §4.6)", objective=f, W_fro_sq=W2,
                 H_fro_sq=lam_W / lam_H * W2, margin=m, b=[b0] * K,
                 geometry="trivial" if m == 0 else "simplex_etf", c=c)
         if d < K:
@@ -180,7 +180,7 @@ def theory_optimum(problem: Problem) -> TheoryOptimum:
         a = max(beta - K * c / (2 * kappa), 0.0)
         W2 = sc * a * K
         return TheoryOptimum(
-            applies=True, reason="MSE without a bias: orthogonal frame (theory.md §5)",
+            applies=True, reason="MSE without a bias: orthogonal frame (docs/theory.md §4.6)",
             objective=kappa * (a - beta) ** 2 + K * c * a, W_fro_sq=W2, H_fro_sq=lam_W / lam_H * W2, margin=a,
             geometry="trivial" if a == 0 else "orthogonal_frame", c=c)
 
@@ -198,7 +198,7 @@ def _simplex_frame(K: int, d: int) -> np.ndarray:
 
 def theory_point(problem: Problem, rotation: Optional[np.ndarray] = None) -> Params:
     """An explicit global minimiser (W*, H*, b*) built from :func:`theory_optimum` (h_{k,i} = √(λ_W/(λ_H n)) w_k,
-    theory.md §3.1). ``rotation`` (d×d orthogonal) maps it to W*Q, QᵀH* on the same orbit."""
+    docs/theory.md §4.1). ``rotation`` (d×d orthogonal) maps it to W*Q, QᵀH* on the same orbit."""
     th = theory_optimum(problem)
     if not th.applies:
         raise ValueError(f"no theory optimum for this problem: {th.reason}")
