@@ -100,3 +100,31 @@ def test_metric_keys_are_the_reported_keys():
 
     prob, (W, H, b) = etf_problem()
     assert tuple(nc_metrics(W, H, b, prob.labels, prob.K)) == NC_KEYS
+
+
+def test_nc1_ignores_round_off_outside_the_span_of_the_means():
+    # Σ_B of rank K − 1 = 2 plus round-off eigenvalues (one negative, one tiny positive) in the other directions,
+    # where the features still vary within their classes: only the between-class span may be inverted
+    from ufm.metrics import between_class_pinv
+
+    V, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((5, 5)))
+    theta = np.array([-3e-18, 4e-17, 0.0, 0.5, 2.0])
+    inv = between_class_pinv(V @ np.diag(theta) @ V.T, K=3)
+    np.testing.assert_allclose(inv, V[:, 3:] @ np.diag([2.0, 0.5]) @ V[:, 3:].T, atol=1e-12)
+    # at most K − 1 directions even when more eigenvalues are large (K = 2: one)
+    inv2 = between_class_pinv(V @ np.diag([0, 0, 0, 0.5, 2.0]) @ V.T, K=2)
+    np.testing.assert_allclose(inv2, np.outer(V[:, 4], V[:, 4]) / 2.0, atol=1e-12)
+
+
+def test_nc1_is_undefined_when_the_class_means_coincide():
+    H = np.zeros((3, 6))
+    assert np.isnan(nc1(H, np.repeat(np.arange(3), 2), 3))
+
+
+def test_nc1_at_an_exact_ls_optimum_is_round_off():
+    # the case that exposed the round-off inversion: NC1 was 3.1e-6 at ‖∇f‖ = 3.9e-10 with numpy's pinv
+    import ufm
+
+    prob = ufm.Problem.create(10, 64, 100, lam=5e-4, loss="ls", alpha=0.1)
+    sol = ufm.solve(prob)
+    assert sol.converged and ufm.nc_metrics(*sol.params, prob.labels, prob.K)["NC1"] < 1e-12
