@@ -12,8 +12,6 @@ import time
 import pytest
 
 import ufm
-from ufm.grid import build_grid
-from ufm.sweep import run_sweep
 
 psutil = pytest.importorskip("psutil")
 
@@ -112,31 +110,54 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
 
 
 KILLER = '''
-import os, signal
+import multiprocessing, os, signal
 import jax.numpy as jnp
 
+if multiprocessing.parent_process() is not None:
+    # imported by a sweep worker (the parent imports it too, to validate the grid): die there, like an OOM kill
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def loss(logits, labels):
-    # traced in float32 when the grid is validated, in float64 when a worker solves: die there, like an OOM kill
-    if logits.dtype == jnp.float64:
-        os.kill(os.getpid(), signal.SIGKILL)
     return jnp.sum(logits, axis=1)
 '''
 
 
-def test_a_point_that_kills_its_worker_twice_is_an_error_row(tmp_path, monkeypatch):
+def _run_killer_sweep(tmp_path, losses, lams):
     (tmp_path / "killer_loss.py").write_text(KILLER)
-    monkeypatch.syspath_prepend(str(tmp_path))             # spawned workers get the parent's sys.path
-    grid = build_grid(flag_values=dict(K="3", d="2", n="2", lam="0.01,0.02", loss="ce,killer_loss:loss"))
-    notes = []
-    t0 = time.monotonic()
-    s = run_sweep(grid, tmp_path / "k.db", workers=2, log=notes.append)
-    assert time.monotonic() - t0 < 120
-    assert s.failures == 2 and s.computed == 4 and not s.interrupted and s.lost == 0 and not s.ok
-    df = ufm.load_sweep(tmp_path / "k.db")
+    env = _env()
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    store = tmp_path / "k.db"
+    proc = subprocess.Popen([sys.executable, "-m", "ufm.cli", "sweep", "-K", "3", "-d", "2", "-n", "2", "--lam", lams,
+                             "--loss", losses, "--workers", "2", "--store", str(store)],
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        code, out, err = _finish(proc)
+    finally:
+        _kill_group(proc)
+    assert "Traceback" not in err, err
+    return code, out, err, ufm.load_sweep(store)
+
+
+def test_a_point_that_kills_its_worker_twice_is_an_error_row(tmp_path):
+    code, out, err, df = _run_killer_sweep(tmp_path, "ce,killer_loss:loss", "0.01,0.02")
+    assert code == 1, (code, out, err)                     # the run ends, and says that points failed
+    assert "retrying" in err and "second time" in err, err
+    assert "2 failed" in out and "error column" in out, out
     bad = df[df["loss"] == "killer_loss:loss"]
+    assert len(df) == 4 and len(bad) == 2
     assert (bad["status"] == "error").all() and bad["error"].str.contains("died twice").all()
     assert (df[df["loss"] == "ce"]["status"] == "converged").all()
-    assert any("retrying" in n for n in notes) and any("second time" in n for n in notes)
+
+
+def test_workers_that_keep_dying_stop_the_run(tmp_path):
+    # one shape, so one worker: after 2·1 + 2 deaths with no row between them the run stops instead of restarting
+    # workers for every remaining point
+    code, out, err, df = _run_killer_sweep(tmp_path, "killer_loss:loss", "0.01,0.02,0.03,0.04")
+    assert code == 1, (code, out, err)
+    assert "stopping: 4 worker processes died in a row" in err, err
+    assert "2 points were not computed" in out and "2 failed" in out, out
+    assert len(df) == 2 and (df["status"] == "error").all()
 
 
 def _interrupt(tmp_path, workers, to_group):

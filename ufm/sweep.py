@@ -44,8 +44,9 @@ EXECUTORS = ("local", "dask")
 _SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 #: how long a Dask scheduler at --address may take to answer before the sweep gives up (exit 2)
 DASK_CONNECT_TIMEOUT_S = 10
-#: a run stops when this many workers in a row die without one finished point between them
-MAX_DEATHS_WITHOUT_PROGRESS = 3
+#: a run stops when 2·workers + this many workers die in a row without one computed row between them: enough for a
+#: point per worker to be tried twice, not enough to restart workers (seconds each) for a whole shape that cannot fit
+DEATHS_WITHOUT_PROGRESS = 2
 
 
 def _finite(v):
@@ -420,6 +421,7 @@ def _run_processes(todo, options, workers, record, fail, note) -> list:
     ctx = mp.get_context("spawn")      # spawn, not fork: a forked JAX runtime is unsafe
     # biggest groups first, so the last ones to finish are short
     queue = collections.deque(sorted(_shape_groups(todo), key=len, reverse=True))
+    workers = min(workers, len(queue))
     attempts = collections.Counter()
     live, retired = [], []
     deaths_in_a_row = 0
@@ -460,7 +462,7 @@ def _run_processes(todo, options, workers, record, fail, note) -> list:
                     else:
                         note(f"worker pid {w.proc.pid} died ({_death_reason(w.proc.exitcode)}) between groups; "
                              "no point was lost")
-                    if deaths_in_a_row >= MAX_DEATHS_WITHOUT_PROGRESS:
+                    if deaths_in_a_row >= 2 * workers + DEATHS_WITHOUT_PROGRESS:
                         note(f"stopping: {deaths_in_a_row} worker processes died in a row without finishing a point")
                         return [ip for g in queue for ip in g] + [ip for x in live for ip in x.todo]
         return []
