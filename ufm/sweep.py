@@ -534,7 +534,10 @@ def _dask_client(address, workers):
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise UFMInputError("--address", address, f"cannot connect to a Dask scheduler there "
                                 f"({type(exc).__name__}: {first})") from None
-    with _sigint_blocked():
+    # Ctrl-C reaches the whole process group, and Dask's worker processes print a traceback each when it does; started
+    # while SIGINT is ignored, they inherit the ignoring through exec (Python keeps an inherited SIG_IGN), so only
+    # this process handles it (a Ctrl-C during these seconds of start-up is not seen)
+    with _sigint_ignored():
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                host="127.0.0.1")
     return Client(cluster), cluster
