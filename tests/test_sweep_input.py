@@ -1,7 +1,6 @@
 """Bad sweep input is found before any point is computed: exit 2, one line on stderr naming the flag, nothing
 stored (no store file created, an existing one unchanged). Python users of ``run_sweep`` get the same errors."""
 
-import os
 import socket
 import sqlite3
 import sys

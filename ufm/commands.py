@@ -139,7 +139,7 @@ def _point_line(done, todo, idx, row) -> str:
     if row.get("classification"):
         outcome += f", {row['classification']}"
     if row.get("status") == "error":
-        outcome += f": {str(row.get('error') or '').splitlines()[0][:200]}"
+        outcome += f": {(str(row.get('error') or '').splitlines() or [''])[0][:200]}"
     return f"sweep [{done}/{todo}] #{idx} {describe_point(row)}: {outcome}, {row.get('time_s') or 0:.2f} s"
 
 

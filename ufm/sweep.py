@@ -390,10 +390,10 @@ class _Worker:
             self.proc.start()
         child.close()            # the parent keeps only its end, so the worker's death reads as end-of-file
         self.conn = parent
-        self.todo = []           # (i, point) sent to it and not yet returned, in its order of work
+        self.todo = collections.deque()   # (i, point) sent to it and not yet returned, in its order of work
 
     def give(self, group, options):
-        self.todo = list(group)
+        self.todo = collections.deque(group)
         self.conn.send((group, options))
 
     def stop(self):
@@ -440,7 +440,7 @@ def _run_processes(todo, options, workers, record, fail, note) -> list:
                     while w.conn.poll():
                         msg = w.conn.recv()
                         if msg[0] == "row":
-                            w.todo = [(i, p) for i, p in w.todo if i != msg[1]]
+                            _returned(w, msg[1])
                             record(msg[1], msg[2])
                             deaths_in_a_row = 0
                         elif queue:
@@ -470,23 +470,31 @@ def _run_processes(todo, options, workers, record, fail, note) -> list:
         _stop_workers(live + retired, record)
 
 
+def _returned(w, i):
+    # rows come back in the order they were sent, so this is the first one; a scan would make groups quadratic
+    if w.todo and w.todo[0][0] == i:
+        w.todo.popleft()
+    else:
+        w.todo = collections.deque(ip for ip in w.todo if ip[0] != i)
+
+
 def _lost_worker(w, options, attempts, queue, fail, note):
     """The worker died: the first point it had not returned is the one it was computing. That point is retried once
     (a second death stores it as an error); the rest of its group goes back to the front of the queue."""
     why = _death_reason(w.proc.exitcode)
-    (i, p), rest = w.todo[0], w.todo[1:]
+    (i, p), rest = w.todo[0], list(w.todo)[1:]
     attempts[i] += 1
     if attempts[i] >= 2:
         fail(i, p, f"WorkerDied: the worker process computing this point died twice ({why})")
         note(f"worker pid {w.proc.pid} died ({why}) on point #{i} ({describe_point(p)}) for the second time: "
              "stored as an error" + (f"; its other {len(rest)} points go to a fresh worker" if rest else ""))
     else:
-        rest = w.todo
+        rest = list(w.todo)
         note(f"worker pid {w.proc.pid} died ({why}) while computing point #{i} ({describe_point(p)}); retrying its "
              f"{len(rest)} unfinished points on a fresh worker")
     if rest:
         queue.appendleft(rest)
-    w.todo = []
+    w.todo = collections.deque()
 
 
 def _stop_workers(workers, record):
@@ -498,7 +506,7 @@ def _stop_workers(workers, record):
                 while w.proc.is_alive() and w.todo and w.conn.poll():
                     msg = w.conn.recv()
                     if msg[0] == "row":
-                        w.todo = [(i, p) for i, p in w.todo if i != msg[1]]
+                        _returned(w, msg[1])
                         record(msg[1], msg[2])
             except Exception:       # a row that cannot be read or stored now is computed again next run
                 pass
