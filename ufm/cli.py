@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Sweep a grid of UFM instances into a resumable SQLite store.\n\n"
                                     "Each grid flag takes a list (3,4,10), log:START:STOP:NUM, lin:START:STOP:NUM or\n"
                                     "range:START:STOP[:STEP]; a TOML file (--config) takes the same keys, and flags win.\n"
-                                    "Kill it at any time and rerun the same command: finished points are kept.\n\n"
+                                    "Kill it at any time and rerun the same command: finished points are kept.\n"
+                                    "Exit status: 0 every point computed, 1 some points failed (status error; rerun\n"
+                                    "to retry them), 2 bad input (nothing computed), 130 interrupted (Ctrl-C).\n\n"
                                     "example:\n  ufm sweep -K 3,4,5 -d 8 -n 5 --lam log:1e-3:1e-1:5 --loss ce,ls --analyze "
                                     "--store grid.db --export grid.csv",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     go = sw.add_argument_group("at each point")
     go.add_argument("--solver", help="as for ufm solve (default auto)")
     go.add_argument("--gtol", type=_float, help="stop at ‖∇f‖ ≤ gtol (default 1e-9)")
+    go.add_argument("--rtol", type=_float, help="scale-free stationarity bound (default 1e-6)")
     go.add_argument("--max-steps", type=_int_min(1), help="solver step bound (default 10000)")
     go.add_argument("--init-scale", type=_float, help="initialisation scale (default 0.1)")
     go.add_argument("--analyze", action="store_true", help="also classify the solution and the origin by their Hessians")
@@ -163,9 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     gx.add_argument("--workers", type=_int_min(1), help="worker processes (default: in-process on ≤ 2 cores or under 20 points, "
                     "else one per core up to the number of distinct shapes)")
     gx.add_argument("--executor", choices=("local", "dask"), help="local processes, or a Dask cluster (default local)")
-    gx.add_argument("--address", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
+    gx.add_argument("--address", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster); "
+                    "it runs the sweep's code: use only a scheduler you trust")
     gx.add_argument("--export", action="append", metavar="FILE", help="write the table as .csv or .parquet (repeatable)")
-    gx.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    gx.add_argument("--quiet", action="store_true", help="no progress bar and no summary (unless points failed)")
+    gx.add_argument("-v", "--verbose", action="store_true",
+                    help="one line per finished point on stderr, terminal or not (for nohup and batch logs)")
     gx.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     sw.set_defaults(func=cmd_sweep)
 

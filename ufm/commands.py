@@ -255,57 +255,115 @@ def cmd_landscape(args) -> int:
     return code
 
 
+#: `ufm sweep` exit status beyond 0 and 2: some points failed (status error) or could not be computed; Ctrl-C
+EXIT_POINTS_FAILED, EXIT_INTERRUPTED = 1, 130
+
+
+def _sweep_command_line(args) -> str:
+    """The command as given (flags in a canonical order), for the store's ``runs`` table."""
+    import shlex
+
+    from .grid import AXES
+
+    words = ["ufm", "sweep"]
+    for dest, value in vars(args).items():
+        if dest in ("func", "command") or value is None or value is False:
+            continue
+        flag = AXES[dest[5:]][0] if dest.startswith("grid_") else "--" + dest.replace("_", "-")
+        for v in value if isinstance(value, list) else [value]:
+            words += [flag] if v is True else [flag, str(v)]
+    return shlex.join(words)
+
+
+def _point_line(done, todo, idx, row) -> str:
+    from .sweep import describe_point
+
+    outcome = row.get("status") or "?"
+    if row.get("classification"):
+        outcome += f", {row['classification']}"
+    if row.get("status") == "error":
+        outcome += f": {(str(row.get('error') or '').splitlines() or [''])[0][:200]}"
+    return f"sweep [{done}/{todo}] #{idx} {describe_point(row)}: {outcome}, {row.get('time_s') or 0:.2f} s"
+
+
 def cmd_sweep(args) -> int:
     from .grid import AXES, build_grid, load_toml
-    from .store import export_sweep
+    from .store import check_export, export_sweep
     from .sweep import render_summary, run_sweep
 
     file_values = load_toml(args.config) if args.config else {}
     flags = {name: getattr(args, f"grid_{name}") for name in AXES}
-    flags.update(solver=args.solver, gtol=args.gtol, max_steps=args.max_steps, init_scale=args.init_scale,
-                 hessian=args.hessian, census=args.census, analyze=True if args.analyze else None)
-    grid = build_grid(file_values, flags)
-    store = args.store or file_values.get("store") or "ufm-sweep.db"
-    workers = args.workers or file_values.get("workers") or "auto"
-    executor = args.executor or file_values.get("executor") or "local"
-    address = args.address or file_values.get("address")
-    exports = args.export or file_values.get("export") or []
-    exports = [exports] if isinstance(exports, str) else list(exports)
-    for out in exports:
-        if not out.lower().endswith((".csv", ".parquet")):
-            from .errors import UFMInputError
-            raise UFMInputError("--export", out, "the file must end in .csv or .parquet")
-    bar = None
-    show = not args.quiet and sys.stderr.isatty()
+    flags.update(solver=args.solver, gtol=args.gtol, rtol=args.rtol, max_steps=args.max_steps,
+                 init_scale=args.init_scale, hessian=args.hessian, census=args.census,
+                 analyze=True if args.analyze else None)
+    grid = build_grid(file_values, flags)          # also checks the file's store/workers/export/… types
 
-    def progress(k, failures):
-        # the bar opens with the first finished point: run_sweep has validated the grid by then (bad input never
-        # draws a bar), and the grid is validated once
-        nonlocal bar
+    def setting(name, default):
+        value = getattr(args, name)
+        return value if value is not None else file_values.get(name, default)
+
+    store = setting("store", "ufm-sweep.db")
+    workers = setting("workers", "auto")
+    executor = setting("executor", "local")
+    address = setting("address", None)
+    quiet = args.quiet or file_values.get("quiet", False)
+    verbose = args.verbose or file_values.get("verbose", False)
+    as_json = args.json or file_values.get("json", False)
+    exports = setting("export", [])
+    exports = [exports] if isinstance(exports, str) else list(exports)
+    exports = [check_export(out) for out in exports]      # before the work, not after it
+    bar, failed = None, 0
+    show = not quiet and sys.stderr.isatty()
+
+    def say(line):
+        # through tqdm when a bar is drawn, so the line does not tear it
+        if bar is not None:
+            bar.write(line, file=sys.stderr)
+        else:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+    def on_point(done, todo, idx, row):
+        # the bar opens with the first finished point: run_sweep has validated everything by then (bad input never
+        # draws a bar)
+        nonlocal bar, failed
+        failed += row.get("status") == "error"
         if bar is None and show:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(grid.points()), unit="pt", desc="sweep", file=sys.stderr, dynamic_ncols=True)
+            bar = tqdm(total=todo, unit="pt", desc="sweep", file=sys.stderr, dynamic_ncols=True)
         if bar is not None:
-            bar.update(k)
-            bar.set_postfix(failures=failures)
+            bar.update(1)
+            bar.set_postfix(failed=failed)
+        if verbose:
+            say(_point_line(done, todo, idx, row))
 
-    summary = run_sweep(grid, store, workers=workers, executor=executor, address=address, progress=progress)
-    if bar is not None:
-        bar.close()
-    for out in exports:
-        export_sweep(store, out)
-    if args.json:
-        from .report import to_json
-        import dataclasses
+    def log(message):
+        say(f"ufm sweep: {message}")
 
-        print(to_json({**dataclasses.asdict(summary), "store": store, "exports": exports}))
-    elif not args.quiet or summary.interrupted:
-        print(render_summary(summary, store))
+    try:
+        summary = run_sweep(grid, store, workers=workers, executor=executor, address=address, on_point=on_point,
+                            log=log, command=_sweep_command_line(args))
+    finally:
+        if bar is not None:
+            bar.close()
+    if not summary.interrupted:
         for out in exports:
+            export_sweep(store, out)
+    if as_json:
+        from dataclasses import asdict
+
+        from .report import to_json
+
+        print(to_json({**asdict(summary), "store": store, "exports": [] if summary.interrupted else exports}))
+    elif not quiet or not summary.ok:
+        print(render_summary(summary, store))
+        for out in exports if not summary.interrupted else []:
             print(f"exported {out}")
     if summary.interrupted:
-        return 130
+        return EXIT_INTERRUPTED
+    if summary.failures or summary.lost:
+        return EXIT_POINTS_FAILED
     return EXIT_OK
 
 

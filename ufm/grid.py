@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import tomllib
 from typing import Any
 
@@ -43,6 +44,9 @@ ALIASES = {"lam_w": "lam_W", "lam_h": "lam_H", "seeds": "seed", "losses": "loss"
 
 
 def _cast(flag, kind, token):
+    # TOML booleans are ints to Python; `K = true` is a typo, not K = 1
+    if isinstance(token, bool):
+        raise UFMInputError(flag, token, f"must be {'an integer' if kind is int else 'a number'}, not a boolean")
     try:
         if kind is int:
             v = float(token)
@@ -52,6 +56,19 @@ def _cast(flag, kind, token):
         return kind(token)
     except (TypeError, ValueError):
         raise UFMInputError(flag, token, f"must be {'an integer' if kind is int else 'a number'}") from None
+
+
+#: the most values one axis and the most points one grid may have: beyond them the grid itself (its point dicts and
+#: keys) would take gigabytes and the sweep days, so the mistake is refused before anything is built
+MAX_AXIS_VALUES = 10**6
+MAX_POINTS = 10**6
+
+
+def _check_length(flag, spec, length):
+    if length > MAX_AXIS_VALUES:
+        raise UFMInputError(flag, spec, f"gives {length:,} values; at most {MAX_AXIS_VALUES:,} per axis")
+    if length < 1:
+        raise UFMInputError(flag, spec, "gives no values (is STOP before START?)")
 
 
 def parse_values(flag: str, spec: Any, kind: type) -> tuple:
@@ -65,11 +82,14 @@ def parse_values(flag: str, spec: Any, kind: type) -> tuple:
                 start, stop, *step = (int(p) for p in parts)
                 if len(step) > 1:
                     raise ValueError
-                values = tuple(range(start, stop + 1, step[0] if step else 1))
+                span = range(start, stop + 1, step[0] if step else 1)
+                _check_length(flag, spec, len(span))        # len() of a range is O(1): refused before it is built
+                values = tuple(span)
             else:
                 start, stop, num = float(parts[0]), float(parts[1]), int(parts[2])
                 if len(parts) != 3 or num < 1:
                     raise ValueError
+                _check_length(flag, spec, num)
                 if head == "log":
                     if start <= 0 or stop <= 0:
                         raise UFMInputError(flag, spec, "a log range needs START > 0 and STOP > 0")
@@ -77,6 +97,8 @@ def parse_values(flag: str, spec: Any, kind: type) -> tuple:
                 else:
                     values = tuple(float(v) for v in np.linspace(start, stop, num))
             values = tuple(_cast(flag, kind, v) for v in values)
+        except UFMInputError:
+            raise
         except (ValueError, IndexError):
             raise UFMInputError(flag, spec, "use log:START:STOP:NUM, lin:START:STOP:NUM or range:START:STOP[:STEP]") from None
     elif isinstance(spec, str):
@@ -102,6 +124,35 @@ class SweepOptions:
     analyze: bool = False
     census: int = 0
     hessian: str = "auto"
+    rtol: float = 1e-6
+
+    def validate(self) -> None:
+        """Check every option with the library's own validators (the CLI and ``run_sweep`` give the same errors)."""
+        from .critical import HESSIAN_METHODS
+        from .methods import SOLVER_NAMES, as_solver
+        from .solvers import _validate_run_args
+
+        if not isinstance(self.solver, str):
+            # a row stores the solver by name; an object has none that a rerun could match
+            raise UFMInputError("--solver", self.solver, f"use one of {', '.join(SOLVER_NAMES)}")
+        as_solver(self.solver)
+        _validate_run_args(0, self.init_scale, self.gtol, self.max_steps, "float64", rtol=self.rtol)
+        if not isinstance(self.analyze, bool):
+            raise UFMInputError("--analyze", self.analyze, "must be true or false")
+        if isinstance(self.census, bool) or not isinstance(self.census, int) or self.census < 0:
+            raise UFMInputError("--census", self.census, "must be an integer ≥ 0 (0: no census)")
+        if self.hessian not in HESSIAN_METHODS:
+            raise UFMInputError("--hessian", self.hessian, f"use one of {', '.join(HESSIAN_METHODS)}")
+
+    def hessian_for(self, num_params: int):
+        """The Hessian path analysis takes at this size (None when nothing is analysed)."""
+        if not (self.analyze or self.census):
+            return None
+        if self.hessian != "auto":
+            return self.hessian
+        from .hessian import DENSE_MAX_PARAMS
+
+        return "dense" if num_params <= DENSE_MAX_PARAMS else "lanczos"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,48 +160,108 @@ class Grid:
     axes: tuple          # ((name, values), …)
     options: SweepOptions
 
+    def size(self) -> int:
+        """The number of points, from the axis lengths (nothing is built)."""
+        ax = dict(self.axes)
+        base = math.prod(len(ax.get(k) or (None,)) for k in _BASE_NAMES)
+        return sum(base * math.prod(len(ax[p]) for p in LOSS_PARAMS.get(str(loss).lower(), ())) for loss in ax["loss"])
+
     def points(self) -> list[dict]:
         """The grid's points, in a deterministic order, each a dict of resolved inputs."""
         ax = dict(self.axes)
         out = []
-        base_names = ["K", "d", "n", "lam", "lam_W", "lam_H", "lam_b", "bias", "seed"]
+        base_names = list(_BASE_NAMES)
         base_axes = [ax.get(k) or (None,) for k in base_names]
         for loss in ax["loss"]:
             key = loss.lower() if loss.lower() in LOSS_PARAMS else loss
             params = LOSS_PARAMS.get(key, ())
             for combo in itertools.product(*base_axes, *(ax[p] for p in params)):
-                base = dict(zip(base_names, combo[: len(base_names)]))
-                extra = dict(zip(params, combo[len(base_names):]))
-                lam = base.pop("lam")
-                point = {"K": base["K"], "d": base["d"], "n": base["n"], "loss": key,
-                         "gamma": extra.get("gamma"), "alpha": extra.get("alpha"),
-                         "kappa": extra.get("kappa"), "beta": extra.get("beta"),
-                         "lam_W": lam if base["lam_W"] is None else base["lam_W"],
-                         "lam_H": lam if base["lam_H"] is None else base["lam_H"],
-                         "lam_b": lam if base["lam_b"] is None else base["lam_b"],
-                         "bias": base["bias"], "seed": base["seed"]}
-                if point["bias"] == "free":
-                    point["lam_b"] = 0.0
-                elif point["bias"] == "none":
-                    point["lam_b"] = None
-                elif point["lam_b"] == 0.0:
-                    point["bias"] = "free"
-                out.append(point)
+                out.append(_resolve(dict(zip(base_names, combo[: len(base_names)])), key,
+                                    dict(zip(params, combo[len(base_names):]))))
         return out
 
-    def validate(self) -> list:
-        """Build every point's Problem once, so bad input fails before any computation."""
-        for name, values in self.axes:
-            if name == "bias":
-                for v in values:
-                    if v not in BIAS_CHOICES:
-                        raise UFMInputError("--bias", v, f"use one of {', '.join(BIAS_CHOICES)}")
-        problems = []
-        for p in self.points():
-            if p["seed"] < 0:
-                raise UFMInputError("--seed", p["seed"], "must be an integer ≥ 0")
-            problems.append(problem_of(p))
-        return problems
+    def validate(self) -> None:
+        """Everything that can be wrong with the grid, found before any point is computed: its size (from the axis
+        lengths, before the points are built), the options, every axis value (each builds a Problem once), and the
+        memory of the largest shape (and of the largest one on the dense Hessian path)."""
+        n = self.size()
+        if n > MAX_POINTS:
+            raise UFMInputError("grid", f"{n:,} points", f"at most {MAX_POINTS:,} per sweep; split it into several "
+                                "sweeps (they can share one --store)")
+        self.options.validate()
+        ax = dict(self.axes)
+        for v in ax["bias"]:
+            if v not in BIAS_CHOICES:
+                raise UFMInputError("--bias", v, f"use one of {', '.join(BIAS_CHOICES)}")
+        from .solvers import _validate_run_args
+
+        o = self.options
+        for seed in ax["seed"]:
+            _validate_run_args(seed, o.init_scale, o.gtol, o.max_steps, "float64", rtol=o.rtol)
+        for point in self._cover():
+            problem_of(point)
+        self._check_memory()
+
+    def _cover(self):
+        """Points that between them hold every axis value and every loss with each of its parameter combinations
+        (and, for a user loss, every K and n it is traced at): a Problem validates each input on its own, so these
+        find every bad value without building all the points."""
+        ax = dict(self.axes)
+        first = {k: (ax.get(k) or (None,))[0] for k in _BASE_NAMES}
+        for loss in ax["loss"]:
+            key = str(loss).lower() if str(loss).lower() in LOSS_PARAMS else loss
+            params = LOSS_PARAMS.get(key, ())
+            sizes = itertools.product(ax["K"], ax["n"]) if key not in LOSS_PARAMS else [(first["K"], first["n"])]
+            for K, n in sizes:
+                for combo in itertools.product(*(ax[p] for p in params)):
+                    yield _resolve(dict(first, K=K, n=n), key, dict(zip(params, combo)))
+        key = str(ax["loss"][0]).lower() if str(ax["loss"][0]).lower() in LOSS_PARAMS else ax["loss"][0]
+        params = {p: ax[p][0] for p in LOSS_PARAMS.get(key, ())}
+        for name in _BASE_NAMES:
+            for v in (ax.get(name) or (None,))[1:]:
+                yield _resolve(dict(first, **{name: v}), key, params)
+
+    def _check_memory(self):
+        from .resources import check_fits
+
+        ax = dict(self.axes)
+        bias = any(b != "none" for b in ax["bias"])
+        o = self.options
+        shapes = {(K, d, n): K * d + d * K * n + (K if bias else 0)
+                  for K, d, n in itertools.product(ax["K"], ax["d"], ax["n"])}
+        worst = [max(shapes, key=shapes.get)]
+        if o.analyze or o.census:
+            # the dense Hessian is O(P²): its largest case may be a smaller shape than the largest one overall
+            dense = [s for s, p in shapes.items() if o.hessian_for(p) == "dense"]
+            if dense:
+                worst.append(max(dense, key=shapes.get))
+        for K, d, n in worst:
+            from .problem import Problem
+
+            problem = Problem.create(K, d, n, bias=bias)
+            check_fits(problem, solver=o.solver, max_steps=o.max_steps, hessian=o.hessian_for(problem.num_params))
+
+
+_BASE_NAMES = ("K", "d", "n", "lam", "lam_W", "lam_H", "lam_b", "bias", "seed")
+
+
+def _resolve(base: dict, loss: str, extra: dict) -> dict:
+    """One point's resolved inputs from its base axis values, its loss and that loss's parameters."""
+    lam = base["lam"]
+    point = {"K": base["K"], "d": base["d"], "n": base["n"], "loss": loss,
+             "gamma": extra.get("gamma"), "alpha": extra.get("alpha"),
+             "kappa": extra.get("kappa"), "beta": extra.get("beta"),
+             "lam_W": lam if base["lam_W"] is None else base["lam_W"],
+             "lam_H": lam if base["lam_H"] is None else base["lam_H"],
+             "lam_b": lam if base["lam_b"] is None else base["lam_b"],
+             "bias": base["bias"], "seed": base["seed"]}
+    if point["bias"] == "free":
+        point["lam_b"] = 0.0
+    elif point["bias"] == "none":
+        point["lam_b"] = None
+    elif point["lam_b"] == 0.0:
+        point["bias"] = "free"
+    return point
 
 
 def problem_of(point: dict):
@@ -169,23 +280,71 @@ def point_key(point: dict, options: SweepOptions) -> str:
 
 
 def load_toml(path) -> dict:
+    from .paths import check_input_file
+
+    path = check_input_file("--config", path)
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
-    except FileNotFoundError:
-        raise UFMInputError("--config", str(path), "no such file") from None
+    except UnicodeDecodeError:
+        raise UFMInputError("--config", str(path), "not UTF-8 text (a TOML file is UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
         raise UFMInputError("--config", str(path), f"not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise UFMInputError("--config", str(path), f"cannot read it ({exc.strerror or type(exc).__name__})") from None
+
+
+#: TOML keys that are not axes or options: how the sweep runs, each with the type it must have
+RUN_KEYS = {"store": "a file name", "workers": "an integer ≥ 1 or \"auto\"", "executor": "a string",
+            "address": "a string", "export": "a file name or a list of them", "quiet": "true or false",
+            "json": "true or false", "verbose": "true or false"}
+
+
+def _check_run_key(k, v):
+    ok = {"store": isinstance(v, str) and v.strip() != "",
+          "workers": v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+          "executor": isinstance(v, str), "address": isinstance(v, str),
+          "export": isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+          }.get(k, isinstance(v, bool))
+    if not ok:
+        raise UFMInputError(f"--config key {k!r}", v, f"must be {RUN_KEYS[k]}")
+
+
+#: which loss takes each loss parameter (for the message when none in the grid does)
+_PARAM_OWNER = {p: loss for loss, params in LOSS_PARAMS.items() for p in params}
+
+
+def _check_given(merged: dict, source: dict, axes: dict) -> None:
+    """A parameter given for points that cannot take it is a wrong experiment, not a default to ignore. A file's
+    value is exempt when the flags replaced the axis it depends on (``-K 3 --loss ce`` over a file with ``alpha``
+    narrows the study; it does not contradict it)."""
+    losses = [str(v).lower() for v in axes["loss"]]
+    for p, owner in _PARAM_OWNER.items():
+        if p not in merged or any(p in LOSS_PARAMS.get(loss, ()) for loss in losses):
+            continue
+        if source[p] == "file" and source.get("loss") == "flag":
+            continue
+        raise UFMInputError(AXES[p][0], merged[p], f"no loss in the grid takes it (--loss {','.join(losses)}); "
+                            f"it is a parameter of {owner}")
+    if "lam_b" in merged:
+        modes, lam_b = set(axes["bias"]), axes["lam_b"]
+        if "regularized" in modes or ("free" in modes and all(v == 0 for v in lam_b)):
+            return
+        if source["lam_b"] == "file" and source.get("bias") == "flag":
+            return
+        raise UFMInputError("--lam-b", merged["lam_b"], f"--bias {','.join(axes['bias'])} takes no λ_b (a free bias is "
+                            "unregularised, none has no bias); drop --lam-b or add --bias regularized")
 
 
 def build_grid(file_values: dict | None = None, flag_values: dict | None = None) -> Grid:
     """Merge TOML values and flags (flags win) into a Grid. Keys are axis names or SweepOptions fields."""
-    merged = {}
-    for source in (file_values or {}, flag_values or {}):
-        for k, v in source.items():
+    merged, source = {}, {}
+    for name, values in (("file", file_values), ("flag", flag_values)):
+        for k, v in (values or {}).items():
             if v is None:
                 continue
             merged[ALIASES.get(k, k)] = v
+            source[ALIASES.get(k, k)] = name
     option_fields = {f.name: f for f in dataclasses.fields(SweepOptions)}
     axes, options = [], {}
     for k, v in merged.items():
@@ -193,11 +352,14 @@ def build_grid(file_values: dict | None = None, flag_values: dict | None = None)
             continue
         if k in option_fields:
             options[k] = v
-        elif k not in ("workers", "store", "executor", "address", "quiet", "export", "json"):
-            raise UFMInputError(f"--config key {k!r}", v, f"use the axes {', '.join(AXES)} or the options "
-                                f"{', '.join(option_fields)}")
+        elif k in RUN_KEYS:
+            _check_run_key(k, v)
+        else:
+            raise UFMInputError(f"--config key {k!r}", v, f"use the axes {', '.join(AXES)}, the options "
+                                f"{', '.join(option_fields)} or {', '.join(RUN_KEYS)}")
     for name, (flag, kind, default) in AXES.items():
         spec = merged.get(name)
         values = default if spec is None else parse_values(flag, spec, kind)
         axes.append((name, values))
+    _check_given(merged, source, dict(axes))
     return Grid(tuple(axes), SweepOptions(**options))

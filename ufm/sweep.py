@@ -5,25 +5,63 @@ solve per point beat ``vmap`` (design.md §4), and one in-process loop was as fa
 processes (``auto_workers``). Points are ordered by shape and a shape's points go to one worker together, so each
 shape compiles once and is reused for every λ and seed. Only the
 parent writes the store; an interrupted sweep resumes by rerunning the same command.
+
+Everything is checked before the first point is computed (the grid, its size and memory, the options, the store, the
+executor and its address): bad input raises :class:`~ufm.errors.UFMInputError` and stores nothing.
+
+Failures while running: a point whose computation raises becomes a row with status ``error`` and its message (the
+next run computes it again). A worker process that dies (the out-of-memory killer's SIGKILL, a crash in native
+code) is noticed at once through its process sentinel; the rows it had finished are kept, the point it was on is
+retried once on a fresh worker and, if it kills a worker again, stored as an error; when workers keep dying without
+finishing anything the run stops and reports the points it could not compute. Ctrl-C stops the workers and returns
+the summary of what is stored (workers ignore SIGINT, so only the parent decides).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import hashlib
+import inspect
+import json
 import math
 import os
+import shlex
+import signal
+import socket
+import sqlite3
+import sys
+import threading
 import time
 from typing import Callable, Optional
 
+from .errors import UFMInputError
 from .grid import Grid, SweepOptions, point_key, problem_of
-from .store import SweepStore
+from .store import SweepStore, check_store
 
 EXECUTORS = ("local", "dask")
 _SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+#: how long a Dask scheduler at --address may take to answer before the sweep gives up (exit 2)
+DASK_CONNECT_TIMEOUT_S = 10
+#: a run stops when 2·workers + this many workers die in a row without one computed row between them: enough for a
+#: point per worker to be tried twice, not enough to restart workers (seconds each) for a whole shape that cannot fit
+DEATHS_WITHOUT_PROGRESS = 2
 
 
 def _finite(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _options_columns(options: SweepOptions) -> dict:
+    return dict(solver=options.solver, gtol=options.gtol, rtol=options.rtol, max_steps=options.max_steps,
+                init_scale=options.init_scale, analyze=options.analyze, census=options.census, hessian=options.hessian)
+
+
+def _solve_takes_rtol() -> bool:
+    from .solvers import solve
+
+    return "rtol" in inspect.signature(solve).parameters
 
 
 def evaluate_point(point: dict, options: SweepOptions) -> dict:
@@ -35,15 +73,17 @@ def evaluate_point(point: dict, options: SweepOptions) -> dict:
     from .solvers import solve
 
     t0 = time.perf_counter()
-    row = dict(point, solver=options.solver, gtol=options.gtol, analyze=options.analyze, census=options.census)
+    row = dict(point, **_options_columns(options))
     try:
         prob = problem_of(point)
+        extra = {"rtol": options.rtol} if _solve_takes_rtol() else {}
         sol = solve(prob, solver=options.solver, gtol=options.gtol, max_steps=options.max_steps, seed=point["seed"],
-                    init_scale=options.init_scale)
+                    init_scale=options.init_scale, **extra)
         rec = solution_record(sol)
         th = rec["theory"]
         row.update(status=rec["status"], converged=rec["converged"], objective=rec["objective"],
-                   grad_norm=rec["grad_norm"], steps=rec["steps"], W_fro_sq=rec["W_fro_sq"], H_fro_sq=rec["H_fro_sq"],
+                   grad_norm=rec["grad_norm"], rel_grad_norm=rec.get("rel_grad_norm"), steps=rec["steps"],
+                   W_fro_sq=rec["W_fro_sq"], H_fro_sq=rec["H_fro_sq"],
                    theory_applies=th["applies"], theory_objective=th["objective"], theory_gap=th["gap"],
                    theory_rel_gap=th["rel_gap"], theory_geometry=th["geometry"], solve_time_s=sol.wall_time,
                    **{k: rec["nc"][k] for k in ("NC1", "NC2_W", "NC2_H", "NC2_W_uncentred", "NC2_H_uncentred", "NC3",
@@ -77,6 +117,26 @@ def evaluate_point(point: dict, options: SweepOptions) -> dict:
     return {k: _finite(v) for k, v in row.items()}
 
 
+def error_row(point: dict, options: SweepOptions, message: str) -> dict:
+    """The row of a point that could not be computed (stored so it can be found, and computed again next run)."""
+    return dict(point, **_options_columns(options), status="error", converged=False, error=message)
+
+
+def describe_point(p: dict) -> str:
+    """One point in a few words, for log lines: ``K=3 d=2 n=2 fl(γ=2) λ=0.01 seed=0``."""
+    loss = str(p["loss"])
+    params = [f"{sym}={p[k]:g}" for k, sym in (("gamma", "γ"), ("alpha", "α"), ("kappa", "κ"), ("beta", "β"))
+              if p.get(k) is not None]
+    if params:
+        loss += f"({','.join(params)})"
+    lw, lh, lb = p["lam_W"], p["lam_H"], p["lam_b"]
+    if p["bias"] == "regularized" and lw == lh == lb:
+        lam = f"λ={lw:g}"
+    else:
+        lam = f"λ_W={lw:g} λ_H={lh:g}" + (f" λ_b={lb:g}" if p["bias"] == "regularized" else f" bias={p['bias']}")
+    return f"K={p['K']} d={p['d']} n={p['n']} {loss} {lam} seed={p['seed']}"
+
+
 def _worker_init():
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _SINGLE_THREAD_XLA).strip()
 
@@ -88,62 +148,193 @@ def _shape_order(item):
 
 @dataclasses.dataclass
 class SweepSummary:
-    total: int
+    """What one run did, and where this grid's points stand in the store (rows of other grids are not counted)."""
+
+    total: int                    # distinct points of the grid
     skipped: int                  # already in the store from an earlier run
-    computed: int
-    failures: int                 # rows with status error
-    counts: dict                  # classification (or status) → number of rows, over the whole store
-    not_converged: int
+    computed: int                 # rows written by this run (failed ones included)
+    failures: int                 # this grid's rows with status error
+    counts: dict                  # classification (or status) → number of this grid's rows
+    not_converged: int            # this grid's computed rows that did not converge
     max_rel_gap: Optional[float]
     wall_time: float
     interrupted: bool = False
+    stored: int = 0               # this grid's rows in the store
+    lost: int = 0                 # points this run could not compute (workers kept dying); not stored
+    run: Optional[int] = None
+    notes: list = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.interrupted or self.failures or self.lost)
 
 
-def run_sweep(grid: Grid, store_path, *, workers: int = 1, executor: str = "local", address: Optional[str] = None,
-              progress: Optional[Callable] = None) -> SweepSummary:
-    """Compute every point of ``grid`` missing from the store at ``store_path``; return the summary."""
-    from .errors import UFMInputError
-
+def _check_run_args(executor, workers, address):
     if executor not in EXECUTORS:
         raise UFMInputError("--executor", executor, f"use one of {', '.join(EXECUTORS)}")
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise UFMInputError("--workers", workers, "must be an integer ≥ 1")
+    if address is not None and executor != "dask":
+        raise UFMInputError("--address", address, "is the Dask scheduler's address; it needs --executor dask")
+    if executor == "dask":
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            raise UFMInputError("--executor", "dask", 'Dask is not installed: pip install "ufm[dask]"') from None
+        if address is not None:
+            _probe_address(address)
+
+
+def _probe_address(address):
+    """A scheduler address that parses and answers a TCP connection within the timeout (refused: at once)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(address, str) or not address.strip():
+        raise UFMInputError("--address", address, "give the scheduler's address, e.g. tcp://10.0.0.5:8786")
+    text = address.strip() if "://" in address else f"tcp://{address.strip()}"
+    try:
+        u = urlsplit(text)
+        host, port = u.hostname, u.port
+    except ValueError:
+        host = port = None
+        u = None
+    if u is None or u.scheme not in ("tcp", "tls") or not host or port is None or u.path not in ("", "/") \
+            or u.query or u.fragment:
+        raise UFMInputError("--address", address, "use tcp://HOST:PORT or tls://HOST:PORT, e.g. tcp://10.0.0.5:8786")
+    try:
+        socket.create_connection((host, port), timeout=DASK_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise UFMInputError("--address", address, f"no scheduler answers there ({why}, waited at most "
+                            f"{DASK_CONNECT_TIMEOUT_S} s); start it or check the host and port") from None
+
+
+def _grid_identity(grid: Grid) -> tuple[str, str]:
+    spec = json.dumps({"axes": [[k, list(v)] for k, v in grid.axes], "options": dataclasses.asdict(grid.options)},
+                      sort_keys=True)
+    return hashlib.sha1(spec.encode()).hexdigest(), spec
+
+
+def run_sweep(grid: Grid, store_path, *, workers: int = 1, executor: str = "local", address: Optional[str] = None,
+              progress: Optional[Callable] = None, on_point: Optional[Callable] = None,
+              log: Optional[Callable[[str], None]] = None, command: Optional[str] = None) -> SweepSummary:
+    """Compute every point of ``grid`` missing from the store at ``store_path`` (or stored as failed); return the
+    summary of this grid.
+
+    ``progress(k, failures)`` and ``on_point(done, to_do, idx, row)`` are called in the parent after each row is
+    stored; ``log(message)`` receives notes such as a worker's death; ``command`` is recorded in the store's ``runs``
+    table (default: this process's command line). Bad input raises :class:`UFMInputError` before anything is computed
+    or stored.
+    """
+    _check_run_args(executor, workers, address)
     grid.validate()
+    store_path = check_store(store_path)
     points = grid.points()
     keys = [point_key(p, grid.options) for p in points]
-    store = SweepStore(store_path)
+    first_idx = {}
+    for i, k in enumerate(keys):
+        first_idx.setdefault(k, i)                 # a value given twice on an axis is one point
+    grid_key, grid_spec = _grid_identity(grid)
+    notes = []
+
+    def note(message):
+        notes.append(message)
+        if log:
+            log(message)
+
     t0 = time.perf_counter()
-    done = store.done_keys()
-    todo = sorted(((i, p) for i, p in enumerate(points) if keys[i] not in done), key=_shape_order)
-    run = store.new_run(len(todo))
-    if workers == "auto":
-        workers = auto_workers(todo)
-    failures, computed, interrupted = 0, 0, False
-
-    def record(i, row):
-        nonlocal failures, computed
-        store.add(keys[i], i, run, row)
-        failures += row.get("status") == "error"
-        computed += 1
-        if progress:
-            progress(1, failures)
-
+    store = SweepStore(store_path)
     try:
-        if not todo:
-            pass
-        elif executor == "dask":
-            _run_dask(todo, grid.options, workers, address, record)
-        elif workers == 1:
-            for i, p in todo:
-                record(i, evaluate_point(p, grid.options))
-        else:
-            _run_processes(todo, grid.options, workers, record)
-    except KeyboardInterrupt:
-        interrupted = True
-    summary = summarize(store, len(points), len(points) - len(todo), computed, failures, time.perf_counter() - t0,
-                        interrupted)
-    store.close()
-    return summary
+        done = store.done_keys()
+        todo = sorted(((i, points[i]) for k, i in first_idx.items() if k not in done), key=_shape_order)
+        skipped = len(first_idx) - len(todo)
+        if workers == "auto":
+            workers = auto_workers(todo)
+        client = cluster = None
+        if executor == "dask" and todo:
+            client, cluster = _dask_client(address, workers)
+        run, grid_no = store.new_run(len(todo), grid_key=grid_key, grid_spec=grid_spec, grid_points=len(first_idx),
+                                     command=command if command is not None else shlex.join(sys.argv))
+        failures, computed, interrupted = 0, 0, False
+        lost = []
+
+        recorded = set()
+
+        def record(i, row):
+            nonlocal failures, computed
+            store.add(keys[i], i, run, row, grid=grid_no)
+            recorded.add(i)
+            failures += row.get("status") == "error"
+            computed += 1
+            if progress:
+                progress(1, failures)
+            if on_point:
+                on_point(computed, len(todo), i, row)
+
+        def fail(i, p, message):
+            record(i, error_row(p, grid.options, message))
+
+        try:
+            if not todo:
+                pass
+            elif executor == "dask":
+                _run_dask(todo, grid.options, client, record, fail)
+            elif workers == 1:
+                for i, p in todo:
+                    record(i, evaluate_point(p, grid.options))
+            else:
+                lost = _run_processes(todo, grid.options, workers, record, fail, note)
+        except KeyboardInterrupt:
+            interrupted = True
+        except sqlite3.Error as exc:     # the disk filled up, the file was removed, …: stop, keep what is stored
+            lost = [ip for ip in todo if ip[0] not in recorded]
+            note(f"stopped: cannot write the store any more ({exc}); {computed} rows were stored by this run")
+        finally:
+            with _sigint_ignored():
+                if client is not None:
+                    _close_dask(client, cluster)
+        if lost:
+            note(f"{len(lost)} points were not computed because worker processes kept dying; rerun the same "
+                 "command to try them again")
+        with _sigint_ignored():
+            with contextlib.suppress(sqlite3.Error):
+                store.finish_run(run, computed=computed, failed=failures,
+                                 outcome="interrupted" if interrupted else "failed" if (failures or lost) else "finished")
+            try:
+                stats = store.grid_rows(first_idx)
+            except sqlite3.Error:
+                stats = dict(counts={}, stored=skipped + computed, failed=failures, not_converged=0, max_rel_gap=None)
+    finally:
+        with _sigint_ignored():
+            store.close()
+    return SweepSummary(total=len(first_idx), skipped=skipped, computed=computed, failures=stats["failed"],
+                        counts=stats["counts"], not_converged=stats["not_converged"], max_rel_gap=stats["max_rel_gap"],
+                        wall_time=time.perf_counter() - t0, interrupted=interrupted, stored=stats["stored"],
+                        lost=len(lost), run=run, notes=notes)
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Clean-up after a Ctrl-C must finish (stop workers, close the store): a second Ctrl-C waits until it has."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """A child started now inherits SIGINT blocked, so a Ctrl-C during its start-up (before it can ignore the
+    signal) cannot print a traceback; the parent receives a pending SIGINT when the block is lifted."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _shape_groups(todo):
@@ -158,22 +349,6 @@ def _shape_groups(todo):
     return groups
 
 
-_QUEUE = None
-
-
-def _worker_init_queue(queue):
-    global _QUEUE
-    _worker_init()
-    _QUEUE = queue
-
-
-def _evaluate_group(args):
-    group, options = args
-    for i, p in group:
-        _QUEUE.put((i, evaluate_point(p, options)))      # row by row: the parent stores each as it lands
-    return len(group)
-
-
 def auto_workers(todo) -> int:
     """Measured on the 2-core development machine (benchmarks/bench_sweep.py, README): one in-process loop keeps
     both cores busy in XLA, and two single-threaded workers were 0.92× (100 points, 20 shapes, compile-bound) to
@@ -185,29 +360,169 @@ def auto_workers(todo) -> int:
     return max(1, min(cores, len(_shape_groups(todo))))
 
 
-def _run_processes(todo, options, workers, record):
-    import multiprocessing as mp
-    import queue as queue_mod
+# ------------------------------------------------------------------------------------------------ local processes
 
-    # spawn, not fork: a forked JAX runtime is unsafe
-    ctx = mp.get_context("spawn")
-    rows = ctx.Queue()
-    with ctx.Pool(workers, initializer=_worker_init_queue, initargs=(rows,)) as pool:
-        # biggest groups first, so the last ones to finish are short
-        groups = sorted(_shape_groups(todo), key=len, reverse=True)
-        pending = pool.map_async(_evaluate_group, [(g, options) for g in groups], chunksize=1)
-        received = 0
-        while received < len(todo):
+
+def _worker_main(conn):
+    """A worker: evaluate the groups the parent sends, one row per message, until told to stop or orphaned."""
+    # Ctrl-C reaches the whole process group; the parent alone handles it (and stops the workers with SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _worker_init()
+    try:
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                break
+            group, options = msg
+            for i, p in group:
+                conn.send(("row", i, evaluate_point(p, options)))
+            conn.send(("done",))
+    except (EOFError, OSError):
+        pass                     # the parent is gone: nobody to send rows to
+
+
+class _Worker:
+    def __init__(self, ctx):
+        parent, child = ctx.Pipe()
+        with _sigint_blocked():
+            self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="ufm-sweep-worker")
+            self.proc.start()
+        child.close()            # the parent keeps only its end, so the worker's death reads as end-of-file
+        self.conn = parent
+        self.todo = collections.deque()   # (i, point) sent to it and not yet returned, in its order of work
+
+    def give(self, group, options):
+        self.todo = collections.deque(group)
+        self.conn.send((group, options))
+
+    def stop(self):
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+
+
+def _death_reason(exitcode) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " — the out-of-memory killer sends it" if exitcode == -signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with status {exitcode}"
+
+
+def _run_processes(todo, options, workers, record, fail, note) -> list:
+    """Run the groups on ``workers`` spawned processes, each fed one shape group at a time over its own pipe.
+    Returns the points left uncomputed because workers kept dying."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("spawn")      # spawn, not fork: a forked JAX runtime is unsafe
+    # biggest groups first, so the last ones to finish are short
+    queue = collections.deque(sorted(_shape_groups(todo), key=len, reverse=True))
+    workers = min(workers, len(queue))
+    attempts = collections.Counter()
+    live, retired = [], []
+    deaths_in_a_row = 0
+    try:
+        while queue or live:
+            while queue and len(live) < workers:
+                w = _Worker(ctx)
+                w.give(queue.popleft(), options)
+                live.append(w)
+            ready = set(wait([w.conn for w in live] + [w.proc.sentinel for w in live], timeout=5.0))
+            for w in list(live):
+                if w.conn not in ready and w.proc.sentinel not in ready:
+                    continue
+                dead = False
+                try:
+                    while w.conn.poll():
+                        msg = w.conn.recv()
+                        if msg[0] == "row":
+                            _returned(w, msg[1])
+                            record(msg[1], msg[2])
+                            deaths_in_a_row = 0
+                        elif queue:
+                            w.give(queue.popleft(), options)
+                        else:
+                            w.stop()
+                            live.remove(w)
+                            retired.append(w)
+                            break
+                except (EOFError, OSError):
+                    dead = True
+                if w in live and (dead or not w.proc.is_alive()):
+                    live.remove(w)
+                    retired.append(w)
+                    w.proc.join(5)
+                    deaths_in_a_row += 1
+                    if w.todo:
+                        _lost_worker(w, options, attempts, queue, fail, note)
+                    else:
+                        note(f"worker pid {w.proc.pid} died ({_death_reason(w.proc.exitcode)}) between groups; "
+                             "no point was lost")
+                    if deaths_in_a_row >= 2 * workers + DEATHS_WITHOUT_PROGRESS:
+                        note(f"stopping: {deaths_in_a_row} worker processes died in a row without finishing a point")
+                        return [ip for g in queue for ip in g] + [ip for x in live for ip in x.todo]
+        return []
+    finally:
+        _stop_workers(live + retired, record)
+
+
+def _returned(w, i):
+    # rows come back in the order they were sent, so this is the first one; a scan would make groups quadratic
+    if w.todo and w.todo[0][0] == i:
+        w.todo.popleft()
+    else:
+        w.todo = collections.deque(ip for ip in w.todo if ip[0] != i)
+
+
+def _lost_worker(w, options, attempts, queue, fail, note):
+    """The worker died: the first point it had not returned is the one it was computing. That point is retried once
+    (a second death stores it as an error); the rest of its group goes back to the front of the queue."""
+    why = _death_reason(w.proc.exitcode)
+    (i, p), rest = w.todo[0], list(w.todo)[1:]
+    attempts[i] += 1
+    if attempts[i] >= 2:
+        fail(i, p, f"WorkerDied: the worker process computing this point died twice ({why})")
+        note(f"worker pid {w.proc.pid} died ({why}) on point #{i} ({describe_point(p)}) for the second time: "
+             "stored as an error" + (f"; its other {len(rest)} points go to a fresh worker" if rest else ""))
+    else:
+        rest = list(w.todo)
+        note(f"worker pid {w.proc.pid} died ({why}) while computing point #{i} ({describe_point(p)}); retrying its "
+             f"{len(rest)} unfinished points on a fresh worker")
+    if rest:
+        queue.appendleft(rest)
+    w.todo = collections.deque()
+
+
+def _stop_workers(workers, record):
+    """Keep the rows already sent, then stop every worker (SIGTERM, then SIGKILL) and reap it, so no process
+    outlives the sweep and no pipe is torn down under the interpreter's exit."""
+    with _sigint_ignored():
+        for w in workers:
             try:
-                i, row = rows.get(timeout=1.0)
-            except queue_mod.Empty:
-                if pending.ready():
-                    pending.get()             # re-raises a worker's crash
-                    if rows.empty():
-                        break
-                continue
-            record(i, row)
-            received += 1
+                while w.proc.is_alive() and w.todo and w.conn.poll():
+                    msg = w.conn.recv()
+                    if msg[0] == "row":
+                        _returned(w, msg[1])
+                        record(msg[1], msg[2])
+            except Exception:       # a row that cannot be read or stored now is computed again next run
+                pass
+        for w in workers:
+            if w.proc.is_alive() and w.todo:
+                w.proc.terminate()            # it is mid-group and its results are no longer wanted
+        deadline = time.monotonic() + 10
+        for w in workers:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(5)
+            w.conn.close()
+
+
+# ---------------------------------------------------------------------------------------------------------- Dask
 
 
 DASK_CHUNK = 8
@@ -217,52 +532,73 @@ def _evaluate_chunk(chunk, options):
     return [(i, evaluate_point(p, options)) for i, p in chunk]
 
 
-def _run_dask(todo, options, workers, address, record):
-    from dask.distributed import Client, LocalCluster, as_completed
+def _dask_client(address, workers):
+    from dask.distributed import Client, LocalCluster
 
     if address:
-        client = Client(address, timeout="30s")
-        cluster = None
-    else:
+        try:
+            return Client(address, timeout=f"{DASK_CONNECT_TIMEOUT_S}s"), None
+        except Exception as exc:  # refused, timed out, not a Dask scheduler, TLS without credentials, …
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise UFMInputError("--address", address, f"cannot connect to a Dask scheduler there "
+                                f"({type(exc).__name__}: {first})") from None
+    # Ctrl-C reaches the whole process group, and Dask's worker processes print a traceback each when it does; started
+    # while SIGINT is ignored, they inherit the ignoring through exec (Python keeps an inherited SIG_IGN), so only
+    # this process handles it (a Ctrl-C during these seconds of start-up is not seen)
+    with _sigint_ignored():
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                host="127.0.0.1")
-        client = Client(cluster)
+    return Client(cluster), cluster
+
+
+def _close_dask(client, cluster):
+    with contextlib.suppress(Exception):
+        client.close(timeout=10)
+    if cluster is not None:
+        with contextlib.suppress(Exception):
+            cluster.close(timeout=10)
+
+
+def _run_dask(todo, options, client, record, fail):
+    from dask.distributed import as_completed
+
+    # one task per run of ≤ DASK_CHUNK same-shape points: each compiles its shape once, and a lost parent loses
+    # at most one chunk per worker of finished-but-unstored rows
+    chunks = [g[k:k + DASK_CHUNK] for g in _shape_groups(todo) for k in range(0, len(g), DASK_CHUNK)]
+    futures = {client.submit(_evaluate_chunk, chunk, options, pure=False): chunk for chunk in chunks}
     try:
-        # one task per run of ≤ DASK_CHUNK same-shape points: each compiles its shape once, and a lost parent loses
-        # at most one chunk per worker of finished-but-unstored rows
-        chunks = [g[k:k + DASK_CHUNK] for g in _shape_groups(todo) for k in range(0, len(g), DASK_CHUNK)]
-        futures = [client.submit(_evaluate_chunk, chunk, options, pure=False) for chunk in chunks]
-        for fut in as_completed(futures):
-            for i, row in fut.result():
+        for fut in as_completed(list(futures)):
+            try:
+                rows = fut.result()
+            except Exception as exc:  # KilledWorker (its workers kept dying), a lost connection, …
+                for i, p in futures[fut]:
+                    fail(i, p, f"the Dask task failed ({type(exc).__name__}: {exc})")
+                continue
+            for i, row in rows:
                 record(i, row)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.cancel(list(futures))
+        raise
 
 
-def summarize(store: SweepStore, total, skipped, computed, failures, wall, interrupted=False) -> SweepSummary:
-    """Counts by class (or status), non-converged rows and the largest relative theory gap, over the whole store."""
-    db = store.db
-    counts = {}
-    for cls, status, n in db.execute("SELECT classification, status, COUNT(*) FROM points GROUP BY classification, status"):
-        label = cls if cls is not None else status
-        counts[label] = counts.get(label, 0) + n
-    not_conv = db.execute("SELECT COUNT(*) FROM points WHERE converged = 0 OR converged IS NULL").fetchone()[0]
-    gap = db.execute("SELECT MAX(ABS(theory_rel_gap)) FROM points WHERE converged = 1 AND theory_applies = 1").fetchone()[0]
-    return SweepSummary(total=total, skipped=skipped, computed=computed, failures=failures,
-                        counts=counts, not_converged=int(not_conv), max_rel_gap=gap, wall_time=wall,
-                        interrupted=interrupted)
+# --------------------------------------------------------------------------------------------------- the summary
 
 
 def render_summary(s: SweepSummary, store_path) -> str:
     lines = [f"sweep: {s.total} points — {s.computed} computed now, {s.skipped} already in {store_path}, "
              f"{s.failures} failed, {s.wall_time:.1f} s"]
     if s.interrupted:
-        lines.append(f"interrupted: {s.skipped + s.computed} of {s.total} points are stored; rerun the same command "
-                     "to finish the rest")
-    lines.append("rows by class: " + ", ".join(f"{v} {k}" for k, v in sorted(s.counts.items())))
+        lines.append(f"interrupted: {s.stored} of {s.total} points are stored; rerun the same command to finish the "
+                     "rest")
+    lines.extend(s.notes)
+    lines.append("this grid's rows by class: "
+                 + (", ".join(f"{v} {k}" for k, v in sorted(s.counts.items())) or "none yet"))
     lines.append(f"not converged: {s.not_converged}; largest |relative theory gap| among converged points where "
                  f"theory applies: {'—' if s.max_rel_gap is None else f'{s.max_rel_gap:.2e}'}")
+    if s.failures:
+        lines.append(f"failed: {s.failures} points have status 'error'; their messages are in the error column "
+                     f"(df[df.status == 'error'].error); rerunning the same command computes them again")
     lines.append(f"load it: import ufm; df = ufm.load_sweep({str(store_path)!r})")
     return "\n".join(lines)
+
