@@ -34,7 +34,8 @@ def _base_args(name, tmp):
 
 
 @pytest.fixture
-def no_work(monkeypatch):
+def no_work(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)          # a command that got as far as its default output file writes it here
     def reached(*a, **k):
         raise AssertionError("work started before the input was checked")
 
