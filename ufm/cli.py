@@ -204,11 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Python next runs: every clean-up path for Ctrl-C runs for it too."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     """Run one command; return its exit status. Every failure ends as one line on stderr, never a traceback
     (``UFM_DEBUG=1`` re-raises unexpected errors for a bug report): 2 bad input (checked before any work), 3 not
-    converged or not a minimiser, 4 result printed but an output file not written, 130 interrupted, 1 an internal
-    error."""
+    converged or not a minimiser, 4 result printed but an output file not written, 130 interrupted (Ctrl-C or
+    SIGTERM), 1 an internal error."""
     import os
 
     parser = build_parser()
@@ -219,6 +227,14 @@ def main(argv=None) -> int:
     from .errors import UFMInputError
 
     prefix = f"ufm {args.command}: error:"
+    import signal
+
+    # a batch scheduler's SIGTERM is handled like Ctrl-C: the same clean stop (a sweep stores what it finished and
+    # says so), instead of dying mid-write
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:                      # not the main thread (embedded use): leave signals alone
+        previous = None
     try:
         import jax
 
@@ -227,8 +243,8 @@ def main(argv=None) -> int:
     except UFMInputError as exc:
         sys.stderr.write(f"{prefix} {exc}\n")
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        sys.stderr.write(f"ufm {args.command}: interrupted\n")
+    except KeyboardInterrupt as exc:
+        sys.stderr.write(f"ufm {args.command}: {'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}\n")
         return 130
     except BrokenPipeError:
         # the reader (`| head`) closed the pipe: stop quietly as Unix tools do, and keep Python's exit-time flush of
@@ -246,6 +262,9 @@ def main(argv=None) -> int:
         sys.stderr.write(f"ufm {args.command}: internal error: {type(exc).__name__}: {first[:300]} (a bug in ufm: "
                          "please report it with this command; UFM_DEBUG=1 shows the traceback)\n")
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ def estimate(problem, *, solver="auto", dtype: str = "float64", max_steps: int =
     parts = {
         "parameters and solver state": vectors * P * item,
         "logits and their derivatives": _LOGIT_COPIES * NK * item,
+        # f and ‖∇f‖ of every step are kept on the host (Solution.trace_objective/trace_grad_norm): a bound at max_steps
+        "per-step f and ‖∇f‖ traces": 16 * max_steps,
         # one chunk's snapshot buffer on the device; the host keeps what is recorded and thins it past a quarter of
         # the memory available (solvers.solve), so max_steps does not enter
         "NC snapshots": (min(max_steps, _CHUNK) // trace_every + 1) * P * item if trace_every else 0,
