@@ -401,3 +401,17 @@ def test_phase_cells_sit_at_their_values(sweep):
     np.testing.assert_allclose(boundary.get_xdata(), KS)
     np.testing.assert_allclose(boundary.get_ydata(), [phi_prime0(as_loss("ce"), K) / np.sqrt(5) for K in KS])
     plt.close(fig)
+
+
+@pytest.mark.parametrize("arrays", [dict(W=np.zeros((3, 2)), H=np.zeros((2, 6))), dict(a=np.arange(3)),
+                                    dict(W=np.zeros((3, 2)), record=np.asarray("not json")),
+                                    dict(W=np.zeros((3, 2)), record=np.asarray("[1, 2]"))],
+                         ids=["no record", "another program's", "record not JSON", "record not ufm's"])
+def test_an_npz_without_ufms_record_is_bad_input(tmp_path, capsys, arrays):
+    from ufm.cli import main
+
+    path = tmp_path / "x.npz"
+    np.savez(path, **arrays)
+    code = main(["plot", "etf", str(path), "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("ufm plot: error: RESULT:") and err.count("\n") == 1

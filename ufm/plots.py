@@ -42,11 +42,20 @@ def load_result(path, kind: str) -> dict:
         data = {k: z[k] for k in z.files}
     except Exception:
         raise UFMInputError("RESULT", path, "not an .npz written by `ufm solve --save` or `ufm landscape --save`") from None
+    need = {"solution": "`ufm solve --save`", "landscape": "`ufm landscape --save`"}[kind]
+    if "record" not in data:
+        # another program's .npz (or a hand-made one): the record is what makes it a ufm result
+        raise UFMInputError("RESULT", path, f"has no ufm record (arrays: {', '.join(sorted(data)) or 'none'}); this "
+                            f"plot needs a file written by {need}")
     found = str(data["kind"]) if "kind" in data else ("solution" if "W" in data else "unknown")
     if found != kind:
-        need = {"solution": "`ufm solve --save`", "landscape": "`ufm landscape --save`"}[kind]
         raise UFMInputError("RESULT", path, f"is a {found} result; this plot needs one from {need}")
-    data["record"] = json.loads(str(data["record"]))
+    try:
+        data["record"] = json.loads(str(data["record"]))
+        if not isinstance(data["record"], dict) or "config" not in data["record"]:
+            raise ValueError
+    except ValueError:
+        raise UFMInputError("RESULT", path, f"its record is not ufm's JSON; this plot needs a file written by {need}") from None
     data["path"] = path
     return data
 
