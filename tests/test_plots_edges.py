@@ -415,3 +415,33 @@ def test_an_npz_without_ufms_record_is_bad_input(tmp_path, capsys, arrays):
     code = main(["plot", "etf", str(path), "-o", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("ufm plot: error: RESULT:") and err.count("\n") == 1
+
+
+
+@pytest.mark.parametrize("change", ["W 1-D", "W wrong shape", "labels out of range", "labels not integers", "W NaN",
+                                    "W complex"])
+def test_a_solution_whose_arrays_contradict_its_record_is_bad_input(tmp_path, capsys, change):
+    from ufm.cli import main
+
+    good = tmp_path / "good.npz"
+    assert main(["solve", "-K", "3", "-d", "4", "-n", "2", "--lam", "0.01", "--save", str(good)]) == 0
+    data = dict(np.load(good))
+    if change == "W 1-D":
+        data["W"] = data["W"].ravel()
+    elif change == "W wrong shape":
+        data["W"] = np.zeros((5, 4))
+    elif change == "labels out of range":
+        data["labels"] = data["labels"] + 5
+    elif change == "labels not integers":
+        data["labels"] = data["labels"].astype(str)
+    elif change == "W NaN":
+        data["W"] = np.full_like(data["W"], np.nan)
+    else:
+        data["W"] = data["W"] * 1j
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **data)
+    capsys.readouterr()
+    for kind in ("etf", "gram"):
+        code = main(["plot", kind, str(bad), "-o", str(tmp_path / "x.png")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("ufm plot: error: RESULT:") and err.count("\n") == 1, (kind, err)

@@ -219,6 +219,8 @@ def main(argv=None) -> int:
     SIGTERM), 1 an internal error."""
     import os
 
+    if sys.stdout is None:                   # started with stdout closed (`>&-`): results go nowhere, as with a pipe
+        sys.stdout = open(os.devnull, "w")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -251,6 +253,11 @@ def main(argv=None) -> int:
         # stdout from raising again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:
+        # writing the result failed (stdout on a full disk, a file system gone read-only): not a bug in ufm
+        where = exc.filename or "standard output"
+        sys.stderr.write(f"{prefix} could not write {where} ({exc.strerror or exc})\n")
+        return 4
     except MemoryError:
         sys.stderr.write(f"{prefix} ran out of memory; use smaller sizes (ufm estimates memory before a solve, but "
                          "this step needed more than the estimate)\n")

@@ -35,7 +35,7 @@ def problem_from_args(args):
 def _check_save_folder(path):
     if path is not None:
         from .paths import check_output_path
-        check_output_path("--save", path)
+        check_output_path("--save", path, (".npz",))
 
 
 class SolveProgress:
@@ -421,7 +421,7 @@ def cmd_plot(args) -> int:
 
         need = {"etf": "solution", "gram": "solution", "dynamics": "solution", "spectrum": "landscape",
                 "slice": "landscape", "phase": "sweep"}
-        results = [plots.load_result(p, need[args.kind]) for p in args.results]
+        results = [plots.load_result(p, need[args.kind], geometry=args.kind in ("etf", "gram")) for p in args.results]
         w, h = plots.figure_size(args.kind, results, where)
         px_w, px_h = round(w * args.dpi), round(h * args.dpi)
         if px_w * px_h > MAX_PIXELS or max(px_w, px_h) >= 2**16:

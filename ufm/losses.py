@@ -142,7 +142,10 @@ class UserLoss(Loss):
         # the user's function runs (is traced) inside ufm's commands: whatever it prints goes to stderr, so that
         # ``--json`` keeps stdout to one JSON document
         with contextlib.redirect_stdout(sys.stderr):
-            return self.fn(z, labels)
+            try:
+                return self.fn(z, labels)
+            except SystemExit as exc:           # inside ufm's own run: an error of the loss, not a way out
+                raise UFMInputError("--loss", self.label, f"the function called sys.exit({exc.code!r})") from None
 
     def params(self) -> dict:
         return {"function": self.label}

@@ -25,10 +25,16 @@ def check_output_path(flag: str, path, extensions: tuple[str, ...] | None = None
     path = os.fspath(path)
     if not isinstance(path, str) or not path.strip():
         raise UFMInputError(flag, path, "give a file name")
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise UFMInputError(flag, path, "ends with a path separator; give a file name")
     if extensions and not path.lower().endswith(tuple(e.lower() for e in extensions)):
         raise UFMInputError(flag, path, f"the file must end in {' or '.join(extensions)}")
     if os.path.isdir(path):
         raise UFMInputError(flag, path, "is a folder; give a file name inside it")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        # a device (/dev/null), a pipe or a dangling link: writing to a temporary name and renaming it over the path
+        # would replace it
+        raise UFMInputError(flag, path, "exists and is not a regular file")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UFMInputError(flag, path, f"its folder {folder} does not exist")

@@ -23,8 +23,9 @@ from .plot_style import CMAP, COLORS, LINESTYLES, MARKERS, NEUTRAL, ROUNDOFF, cl
 # ------------------------------------------------------------------------------------------------------ loading
 
 
-def load_result(path, kind: str) -> dict:
-    """Read a saved result and check it is of ``kind`` ("solution", "landscape" or "sweep")."""
+def load_result(path, kind: str, geometry: bool = False) -> dict:
+    """Read a saved result and check it is of ``kind`` ("solution", "landscape" or "sweep"); ``geometry``: a
+    solution must also have finite W, H, b (the ETF and Gram views draw them; dynamics may show a diverged run)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise UFMInputError("RESULT", path, "no such file")
@@ -56,8 +57,32 @@ def load_result(path, kind: str) -> dict:
             raise ValueError
     except ValueError:
         raise UFMInputError("RESULT", path, f"its record is not ufm's JSON; this plot needs a file written by {need}") from None
+    if kind == "solution":
+        _check_solution_arrays(path, data, finite=geometry)
     data["path"] = path
     return data
+
+
+def _check_solution_arrays(path, data, finite: bool) -> None:
+    """The arrays of a solve's .npz against its record: W (K×d), H (d×N), labels (N integers in [0, K)), finite
+    reals; a hand-edited or foreign file gets one line naming it instead of a crash or a wrong picture."""
+    c = data["record"]["config"]
+    K, d, N = c.get("K"), c.get("d"), c.get("N")
+    want = {"W": (K, d), "H": (d, N), "labels": (N,)}
+    for name, shape in want.items():
+        a = data.get(name)
+        if a is None or a.shape != shape:
+            raise UFMInputError("RESULT", path, f"its {name} has shape {None if a is None else a.shape}, but its record "
+                                f"says {shape} (K={K}, d={d}, N={N}); write it again with `ufm solve --save`")
+    labels = data["labels"]
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or labels.max(initial=0) >= K:
+        raise UFMInputError("RESULT", path, f"its labels must be integers in [0, {K})")
+    for name in ("W", "H", "b"):
+        a = data.get(name)
+        if a is not None and not np.issubdtype(a.dtype, np.floating):
+            raise UFMInputError("RESULT", path, f"its {name} is not real floating-point numbers")
+        if a is not None and finite and not np.all(np.isfinite(a)):
+            raise UFMInputError("RESULT", path, f"its {name} is not finite (a diverged solve has no geometry to draw)")
 
 
 def _title(rec: dict) -> str:

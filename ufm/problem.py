@@ -90,6 +90,9 @@ def _check_user_loss(loss: UserLoss, K: int, N: int):
         raise UFMInputError("--loss", loss.label, f"it must be JAX-traceable on logits (N, K) and labels (N,) "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     shape = getattr(out, "shape", None)
+    dtype = getattr(out, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise UFMInputError("--loss", loss.label, f"it must return real floating-point losses, got dtype {dtype}")
     if shape != (N,):
         raise UFMInputError("--loss", loss.label, f"it must return per-sample losses of shape (N,) = ({N},), got {shape}")
 
