@@ -224,7 +224,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        # usage is what the user needs, but on stderr: stdout stays for results
+        parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
     from .errors import UFMInputError
 

@@ -111,6 +111,8 @@ def apply_where(df, where=None):
     """The rows of ``df`` that satisfy every ``--where`` condition ("COL=VALUE"; several for one column are
     alternatives: ``loss=ce loss=ls``). A condition that matches no row is an error naming the column's values."""
     pairs = parse_where(where)
+    if len(df) == 0:
+        raise UFMInputError("RESULT", "the sweep store", "has no rows yet; run `ufm sweep` into it first")
     by_col = {}
     for col, val in pairs:
         m = _matches(df[col], val)
