@@ -67,14 +67,15 @@ def _check_solution_arrays(path, data, finite: bool) -> None:
     """The arrays of a solve's .npz against its record: W (K×d), H (d×N), labels (N integers in [0, K)), finite
     reals; a hand-edited or foreign file gets one line naming it instead of a crash or a wrong picture."""
     c = data["record"]["config"]
-    K, d, N = c.get("K"), c.get("d"), c.get("N")
+    labels = data.get("labels")
+    K, d = c.get("K"), c.get("d")
+    N = c.get("N") or (None if labels is None else labels.size)
     want = {"W": (K, d), "H": (d, N), "labels": (N,)}
     for name, shape in want.items():
         a = data.get(name)
         if a is None or a.shape != shape:
             raise UFMInputError("RESULT", path, f"its {name} has shape {None if a is None else a.shape}, but its record "
                                 f"says {shape} (K={K}, d={d}, N={N}); write it again with `ufm solve --save`")
-    labels = data["labels"]
     if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or labels.max(initial=0) >= K:
         raise UFMInputError("RESULT", path, f"its labels must be integers in [0, {K})")
     for name in ("W", "H", "b"):

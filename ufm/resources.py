@@ -121,8 +121,8 @@ def check_fits(problem, *, flag: str = "-K/-d/-n", **kwargs) -> Estimate:
     est = estimate(problem, **kwargs)
     have = available_bytes()
     if est.total > have:
-        biggest = max(est.parts, key=est.parts.get)
-        if biggest == "per-step f and ‖∇f‖ traces":     # the step budget, not the sizes, is what does not fit
+        traces = est.parts.get("per-step f and ‖∇f‖ traces", 0)
+        if est.total - traces <= have:                   # the step budget, not the sizes, is what does not fit
             raise UFMInputError("--max-steps", kwargs.get("max_steps"), f"its per-step traces need about "
                                 f"{human(est.total)} ({est.describe()}), more than the {human(have)} available; "
                                 "use a smaller --max-steps")
