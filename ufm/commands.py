@@ -73,14 +73,15 @@ class SolveProgress:
         self.stage = ev["stage"]
 
 
-def _write_after_result(flag, path, write) -> int:
+def _write_after_result(command, flag, path, write) -> int:
     """Write an output file after the result was printed: a failure now (disk full, folder removed) loses nothing
     the user has not already seen; it is one line and exit 4."""
     try:
         write()
     except OSError as exc:
-        sys.stderr.write(f"ufm: error: {flag}: could not write {path} ({exc.strerror or exc}); the result above is "
-                         "complete\n")
+        sys.stdout.flush()
+        sys.stderr.write(f"ufm {command}: error: {flag}: could not write {path} ({exc.strerror or exc}); the result "
+                         "above is complete\n")
         return EXIT_SAVE_FAILED
     return EXIT_OK
 
@@ -105,7 +106,7 @@ def cmd_solve(args) -> int:
     emit(to_json(rec) if args.json else render_solution(rec))
     code = EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
     if args.save is not None:
-        wrote = _write_after_result("--save", args.save, lambda: save_npz(sol, args.save, rec))
+        wrote = _write_after_result("solve", "--save", args.save, lambda: save_npz(sol, args.save, rec))
         if wrote != EXIT_OK:
             return wrote
         if not args.json:
@@ -238,20 +239,15 @@ def cmd_landscape(args) -> int:
                          "zero_tol_rule": "given" if args.zero_tol else "max(1e-8·‖∇²f‖₂, 1e2·‖∇f‖)"}
     rec["critical_points"] = [p.record() for p in points]
     rec = json_safe(rec)
-    failed = None
+    emit(to_json(rec) if args.json else render_landscape(rec))
     if save:
         from .landscape import save_landscape
-        try:
-            save_landscape(problem, points, rec, save)
-        except OSError as exc:         # disk full after the work: the result is printed all the same
-            failed = f"could not write {save} ({exc.strerror or exc}); the result above is complete"
-    print(to_json(rec) if args.json else render_landscape(rec))
-    if failed:
-        sys.stdout.flush()
-        sys.stderr.write(f"ufm landscape: error: {failed}\n")
-        return EXIT_SAVE_FAILED
-    if save and not args.json:
-        print(f"saved spectra and slices to {save}")
+
+        wrote = _write_after_result("landscape", "--save", save, lambda: save_landscape(problem, points, rec, save))
+        if wrote != EXIT_OK:
+            return wrote
+        if not args.json:
+            emit(f"saved spectra and slices to {save}")
     return code
 
 
@@ -374,31 +370,6 @@ DPI_RANGE = (30, 1200)
 MAX_PIXELS = 100_000_000
 
 
-def _open_plot_output(path):
-    """Check ``-o`` before any drawing and claim a hidden temporary file beside it (the image is written there and
-    renamed over ``path``, so a reader never sees half an image). Returns the temporary path."""
-    import secrets
-
-    from .errors import UFMInputError
-
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in PLOT_FORMATS:
-        raise UFMInputError("-o", path, f"the image must end in {', '.join(PLOT_FORMATS)}")
-    if os.path.isdir(path):
-        raise UFMInputError("-o", path, "is a directory; give an image file name inside it")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UFMInputError("-o", path, f"its folder {folder} " + ("is not a folder" if os.path.exists(folder)
-                                                                      else "does not exist"))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.partial{ext}")
-    # creating the file is the only reliable test: root passes os.access() on read-only folders, and /proc refuses
-    try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    except OSError as exc:
-        raise UFMInputError("-o", path, f"cannot write in {folder} ({exc.strerror or exc})") from None
-    return tmp
-
-
 def cmd_plot(args) -> int:
     from .errors import UFMInputError
 
@@ -412,7 +383,10 @@ def cmd_plot(args) -> int:
 
         check_phase_axes(args.x, args.y)       # against the store's fixed columns, before loading it
         parse_where(where)
-    tmp = _open_plot_output(args.output)
+    from .paths import claim_output_path
+
+    # checked before any loading or drawing; the image goes to this temporary and is renamed over -o when complete
+    tmp = claim_output_path("-o", args.output, PLOT_FORMATS)
     try:
         import matplotlib
 

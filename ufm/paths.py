@@ -9,19 +9,20 @@ instead of after a long solve.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 
 from .errors import UFMInputError
 
 
-def check_output_path(flag: str, path, extensions: tuple[str, ...] | None = None) -> str:
-    """Return ``path`` as a string if a file can be written there; else raise :class:`UFMInputError` naming ``flag``.
+def claim_output_path(flag: str, path, extensions: tuple[str, ...] | None = None) -> str:
+    """Check that a file can be written at ``path`` and create the hidden temporary file beside it that the result is
+    written to before being renamed over ``path`` (so a reader never sees half a file); return the temporary's path.
+    Raise :class:`UFMInputError` naming ``flag`` otherwise.
 
-    The folder's writability is tested by creating (and removing) a temporary file in it, because ``os.access``
-    says yes for pseudo file systems such as /proc and for read-only mounts seen by root.
+    Creating the file is the test of the folder's writability, because ``os.access`` says yes for pseudo file
+    systems such as /proc and for read-only mounts seen by root. The temporary keeps ``path``'s extension (plotting
+    libraries choose the format by it).
     """
-    if path is None:
-        return None
     path = os.fspath(path)
     if not isinstance(path, str) or not path.strip():
         raise UFMInputError(flag, path, "give a file name")
@@ -37,16 +38,27 @@ def check_output_path(flag: str, path, extensions: tuple[str, ...] | None = None
         raise UFMInputError(flag, path, "exists and is not a regular file")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise UFMInputError(flag, path, f"its folder {folder} does not exist")
+        raise UFMInputError(flag, path, f"its folder {folder} " + ("is not a folder" if os.path.exists(folder)
+                                                                    else "does not exist"))
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UFMInputError(flag, path, "the file exists and is read-only")
+    ext = os.path.splitext(path)[1]
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.partial{ext}")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".ufm-write-test-", dir=folder)
-        os.close(fd)
-        os.remove(probe)
+        # mode 0o666 (less the umask), as the final file should have: mkstemp's 0o600 would survive the rename
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as exc:
         raise UFMInputError(flag, path, f"cannot write in {folder} ({exc.strerror or type(exc).__name__})") from None
-    return path
+    return tmp
+
+
+def check_output_path(flag: str, path, extensions: tuple[str, ...] | None = None) -> str:
+    """Return ``path`` as a string if a file can be written there (:func:`claim_output_path`, its temporary removed
+    again); None stays None. Raise :class:`UFMInputError` naming ``flag`` otherwise."""
+    if path is None:
+        return None
+    os.remove(claim_output_path(flag, path, extensions))
+    return os.fspath(path)
 
 
 def check_input_file(flag: str, path) -> str:

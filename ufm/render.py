@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 
-def _fmt(v, spec=".6e"):
-    """A number in ``spec``, or "—" when it is missing (None: NaN/inf in JSON) or not a number."""
-    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
-        return "—" if v is None else str(v)
+def _num(v, spec: str = ".6e") -> str:
+    """A number formatted with ``spec``, or "—" for a missing (None, NaN in JSON) or non-numeric value: a format spec
+    applied to None raises."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "—"
+    if v != v:
+        return "—"
     return format(v, spec)
 
 
@@ -17,11 +20,11 @@ def render_solution(rec: dict) -> str:
     loss = c["loss"] + ("" if not c["loss_params"] or c["loss"] not in ("fl", "ls", "mse")
                         else "(" + ", ".join(f"{k}={v}" for k, v in c["loss_params"].items()) + ")")
     lines = [
-        f"UFM eq. (7): K={c['K']} d={c['d']} n={c['n']} loss={loss} λ_W={_fmt(c['lam_W'], 'g')} "
-        f"λ_H={_fmt(c['lam_H'], 'g')} bias={c['bias']}" + (f" λ_b={_fmt(c['lam_b'], 'g')}" if c["bias"] == "regularized" else ""),
-        f"solver {c['solver']} ({c['dtype']}): {rec['status']} after {rec['steps']} steps in {_fmt(rec['wall_time_s'], '.2f')} s "
-        f"— ‖∇f‖ = {_fmt(rec['grad_norm'], '.3e')} (gtol {_fmt(c['gtol'], 'g')}), scale-free "
-        f"{_fmt(rec.get('rel_grad_norm'), '.1e')} (rtol {_fmt(c.get('rtol'), 'g')})",
+        f"UFM eq. (7): K={c['K']} d={c['d']} n={c['n']} loss={loss} λ_W={_num(c['lam_W'], 'g')} "
+        f"λ_H={_num(c['lam_H'], 'g')} bias={c['bias']}" + (f" λ_b={_num(c['lam_b'], 'g')}" if c["bias"] == "regularized" else ""),
+        f"solver {c['solver']} ({c['dtype']}): {rec['status']} after {rec['steps']} steps in {_num(rec['wall_time_s'], '.2f')} s "
+        f"— ‖∇f‖ = {_num(rec['grad_norm'], '.3e')} (gtol {_num(c['gtol'], 'g')}), scale-free "
+        f"{_num(rec.get('rel_grad_norm'), '.1e')} (rtol {_num(c.get('rtol'), 'g')})",
     ]
     if rec["status"] != "converged":
         lines.append(f"  {rec['message']}")
@@ -29,36 +32,26 @@ def render_solution(rec: dict) -> str:
     if so and so.get("checked"):
         verdict = "a strict saddle" if so["saddle"] else "no descent direction found"
         lines.append(f"  second-order test: {verdict} (curvature along the explicit direction "
-                     f"{_fmt(so['curvature'], '.3e')}; σ_max(∇_Z g) = {_fmt(so['sigma_max_grad_Z'], '.6g')} vs "
-                     f"√(λ_Wλ_H) = {_fmt(so['sqrt_lam_W_lam_H'], '.6g')})")
+                     f"{_num(so['curvature'], '.3e')}; σ_max(∇_Z g) = {_num(so['sigma_max_grad_Z'], '.6g')} vs "
+                     f"√(λ_Wλ_H) = {_num(so['sqrt_lam_W_lam_H'], '.6g')})")
     lines.append("")
     lines.append(f"{'':14}{'solved':>22}{'theory':>22}")
     rows = [("objective f", rec["objective"], th["objective"]), ("‖W‖²_F", rec["W_fro_sq"], th["W_fro_sq"]),
             ("‖H‖²_F", rec["H_fro_sq"], th["H_fro_sq"])]
     for name, a, b in rows:
-        lines.append(f"{name:14}{_fmt(a, '.12g'):>22}{_fmt(b, '.12g'):>22}")
+        lines.append(f"{name:14}{_num(a, '.12g'):>22}{_num(b, '.12g'):>22}")
     if th["objective"] is not None:
-        lines.append(f"{'gap':14}{_fmt(th['gap'], '.3e'):>22}  (relative {_fmt(th['rel_gap'], '.3e')})")
+        lines.append(f"{'gap':14}{_num(th['gap'], '.3e'):>22}  (relative {_num(th['rel_gap'], '.3e')})")
     lines.append(f"theory: {th['reason'] if th['applies'] or th['upper_bound_only'] else 'does not apply — ' + th['reason']}")
     if th["applies"]:
-        lines.append(f"  geometry {th['geometry']}, logit margin {_fmt(th['margin'], '.6g')}, c = √(nλ_Wλ_H) = "
-                     f"{_fmt(th['c'], '.4g')}")
+        lines.append(f"  geometry {th['geometry']}, logit margin {_num(th['margin'], '.6g')}, c = √(nλ_Wλ_H) = "
+                     f"{_num(th['c'], '.4g')}")
     lines.append("")
     lines.append("neural collapse (0 = collapsed; — = undefined, e.g. W = 0 or a diverged solve):")
     keys = ["NC1", "NC2_W", "NC2_H", "NC3", "NC4", "NC2_W_uncentred", "NC2_H_uncentred", "bias_residual"]
-    lines.append("  " + "  ".join(f"{k}={_fmt(nc[k], '.2e')}" for k in keys[:5]))
-    lines.append("  " + "  ".join(f"{k}={_fmt(nc[k], '.2e')}" for k in keys[5:]))
+    lines.append("  " + "  ".join(f"{k}={_num(nc[k], '.2e')}" for k in keys[:5]))
+    lines.append("  " + "  ".join(f"{k}={_num(nc[k], '.2e')}" for k in keys[5:]))
     return "\n".join(lines)
-
-
-def _num(v, spec: str) -> str:
-    """A number formatted with ``spec``, or "—" for a missing (None, NaN in JSON) or non-numeric value: a format spec
-    applied to None raises."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return "—"
-    if v != v:
-        return "—"
-    return format(v, spec)
 
 
 def _escape_line(e: dict) -> str:

@@ -116,10 +116,11 @@ def estimate(problem, *, solver="auto", dtype: str = "float64", max_steps: int =
     return Estimate(parts)
 
 
-def check_fits(problem, *, flag: str = "-K/-d/-n", **kwargs) -> Estimate:
-    """Raise :class:`UFMInputError` naming ``flag`` when the estimate exceeds the memory available."""
+def check_fits(problem, *, flag: str = "-K/-d/-n", have: int | None = None, **kwargs) -> Estimate:
+    """Raise :class:`UFMInputError` naming ``flag`` when the estimate exceeds the memory available (``have``, read
+    from the machine when not given)."""
     est = estimate(problem, **kwargs)
-    have = available_bytes()
+    have = available_bytes() if have is None else have
     if est.total > have:
         traces = est.parts.get("per-step f and ‖∇f‖ traces", 0)
         if est.total - traces <= have:                   # the step budget, not the sizes, is what does not fit

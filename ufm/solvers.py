@@ -135,7 +135,8 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: f
         raise UFMInputError("--trace-every", trace_every, "must be an integer ≥ 0 (0: no snapshots)")
     solver_obj = as_solver(solver, lr=lr)
     solver_name = solver if isinstance(solver, str) else solver_obj.name
-    check_fits(problem, solver=solver_obj, dtype=dtype, max_steps=max_steps, trace_every=trace_every)
+    have = available_bytes()
+    check_fits(problem, solver=solver_obj, dtype=dtype, max_steps=max_steps, trace_every=trace_every, have=have)
     shape = problem.shape
     stages = solver_obj.stages if isinstance(solver_obj, Chain) else (solver_obj,)
     stage_gtol = solver_obj.stage_gtol if isinstance(solver_obj, Chain) else (None,)
@@ -143,7 +144,7 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: f
     # NC snapshots live on the host and grow with the steps taken; past a quarter of the memory available they are
     # thinned (the stride doubles), so a long traced run never runs out of memory
     stride = every
-    snapshot_budget = available_bytes() // 4
+    snapshot_budget = have // 4
     # without both penalties the data and total gradients coincide and the ratio is 1 everywhere: not a test
     scale_free = problem.lam_W > 0 and problem.lam_H > 0
 

@@ -23,7 +23,6 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -58,12 +57,6 @@ def _options_columns(options: SweepOptions) -> dict:
                 init_scale=options.init_scale, analyze=options.analyze, census=options.census, hessian=options.hessian)
 
 
-def _solve_takes_rtol() -> bool:
-    from .solvers import solve
-
-    return "rtol" in inspect.signature(solve).parameters
-
-
 def evaluate_point(point: dict, options: SweepOptions) -> dict:
     """Solve one grid point and measure it: the store's row (inputs and outputs). Never raises: a failure is a row
     with status ``error`` and the message."""
@@ -76,9 +69,8 @@ def evaluate_point(point: dict, options: SweepOptions) -> dict:
     row = dict(point, **_options_columns(options))
     try:
         prob = problem_of(point)
-        extra = {"rtol": options.rtol} if _solve_takes_rtol() else {}
-        sol = solve(prob, solver=options.solver, gtol=options.gtol, max_steps=options.max_steps, seed=point["seed"],
-                    init_scale=options.init_scale, **extra)
+        sol = solve(prob, solver=options.solver, gtol=options.gtol, rtol=options.rtol, max_steps=options.max_steps,
+                    seed=point["seed"], init_scale=options.init_scale)
         rec = solution_record(sol)
         th = rec["theory"]
         row.update(status=rec["status"], converged=rec["converged"], objective=rec["objective"],
