@@ -13,6 +13,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 SCRIPTS = ["all_losses.py", "theory_boundary.py", "benign_landscape.py", "etf_geometry.py"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, files", [
     ("all_losses.py", ["all_losses.md", "nc_dynamics.png"]),
     ("theory_boundary.py", ["theory_boundary.md", "theory_boundary.csv", "phase_K_lambda.png", "phase_d_lambda.png"]),
