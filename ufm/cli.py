@@ -44,6 +44,19 @@ def _int_min(low):
     return parse
 
 
+def _class_sizes(text):
+    """``-n``: one size (balanced) or K comma-separated sizes; the count is checked against K by Problem."""
+    tokens = [t.strip() for t in text.split(",")]
+    try:
+        sizes = [int(t) for t in tokens]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; must be an integer ≥ 1 or K comma-separated integers ≥ 1 "
+                                         "(e.g. 100,100,10,10)") from None
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; every class size must be an integer ≥ 1")
+    return sizes[0] if len(sizes) == 1 else tuple(sizes)
+
+
 def _float(text):
     try:
         v = float(text)
@@ -59,7 +72,8 @@ def add_problem_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("problem (eq. 7)")
     g.add_argument("-K", "--classes", dest="K", type=_int_min(2), default=10, help="number of classes K ≥ 2 (default 10)")
     g.add_argument("-d", "--dim", dest="d", type=_int_min(1), default=64, help="feature dimension d ≥ 1 (default 64)")
-    g.add_argument("-n", "--per-class", dest="n", type=_int_min(1), default=100, help="samples per class n ≥ 1 (default 100)")
+    g.add_argument("-n", "--per-class", dest="n", type=_class_sizes, default=100, metavar="N[,N…]",
+                   help="samples per class n ≥ 1 (default 100), or the K class sizes, e.g. 100,100,10,10")
     g.add_argument("--loss", default="ce", help="ce | fl | ls | mse | package.module:function (default ce)")
     g.add_argument("--gamma", type=_float, help="FL focusing parameter γ ≥ 0 (default 2)")
     g.add_argument("--alpha", type=_float, help="LS smoothing α in [0, 1) (default 0.1)")
@@ -140,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     gg = sw.add_argument_group("grid (lists or ranges)")
     for name, flag, help_text in [("K", "-K", "classes K (default 10)"), ("d", "-d", "feature dimension (default 64)"),
-                                  ("n", "-n", "samples per class (default 100)"),
+                                  ("n", "-n", "samples per class (the majority's, with --minority) (default 100)"),
+                                  ("minority", "--minority", "number of minority classes, the last ones (default 0)"),
+                                  ("ratio", "--ratio", "majority/minority size ratio R: minority classes get n/R samples "
+                                   "(default 1)"),
                                   ("lam", "--lam", "λ_W = λ_H = λ_b tied (default 5e-4)"),
                                   ("lam_W", "--lam-w", "λ_W values (override --lam)"),
                                   ("lam_H", "--lam-h", "λ_H values (override --lam)"),

@@ -155,10 +155,17 @@ def negative_curvature_direction(problem: Problem, x):
 
 def origin_min_eig_theory(problem: Problem) -> float:
     """docs/theory.md §5.4: λ_min of the (W, H) block of ∇²f at the origin,
-    (λ_W+λ_H)/2 − √(((λ_W−λ_H)/2)² + φ′(0)²/n)."""
-    p0 = phi_prime0(problem.loss, problem.K)
+    (λ_W+λ_H)/2 − √(((λ_W−λ_H)/2)² + σ²), σ = σ_max(∇_Z g(0)); σ² = φ′(0)²/n for n balanced classes. With class
+    sizes n_k, ∇_Z g(0) has the columns (p₀ − e_k)/N, so σ is computed (K×N SVD, N ≤ the problem's own size)."""
     lw, lh = problem.lam_W, problem.lam_H
-    return float((lw + lh) / 2 - np.sqrt(((lw - lh) / 2) ** 2 + p0**2 / problem.n))
+    p0 = phi_prime0(problem.loss, problem.K)        # TypeError outside the softmax losses, as for balanced classes
+    if problem.balanced:
+        sigma2 = p0**2 / problem.n
+    else:
+        K, d = problem.K, problem.d
+        G = _data_grad_Z(problem, np.zeros((K, d)), np.zeros((d, problem.N)), np.zeros(K) if problem.bias else None)
+        sigma2 = float(np.linalg.svd(G, compute_uv=False)[0]) ** 2
+    return float((lw + lh) / 2 - np.sqrt(((lw - lh) / 2) ** 2 + sigma2))
 
 
 def _choose_method(problem: Problem, method: str) -> str:
@@ -335,6 +342,10 @@ def mse_saddle_point(problem: Problem, r: int) -> Params:
     if not isinstance(loss, RescaledMSE) or problem.bias or loss.kappa != 1.0 or not 0 <= r <= min(problem.K, problem.d):
         from .errors import UFMInputError
         raise UFMInputError("r", r, "needs bias-free MSE with κ = 1 and 0 ≤ r ≤ min(K, d)")
+    if not problem.balanced:
+        from .errors import UFMInputError
+        raise UFMInputError("-n", ",".join(map(str, problem.counts)), "the rank-r MSE critical points are built for "
+                            "balanced classes")
     K, d, n = problem.K, problem.d, problem.n
     c = np.sqrt(n * problem.lam_W * problem.lam_H)
     a = max(loss.beta - K * c / 2.0, 0.0)

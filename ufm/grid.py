@@ -25,6 +25,8 @@ AXES: dict[str, tuple[str, type, tuple]] = {
     "K": ("-K", int, (10,)),
     "d": ("-d", int, (64,)),
     "n": ("-n", int, (100,)),
+    "minority": ("--minority", int, (0,)),
+    "ratio": ("--ratio", float, (1.0,)),
     "lam": ("--lam", float, (5e-4,)),
     "lam_W": ("--lam-w", float, ()),
     "lam_H": ("--lam-h", float, ()),
@@ -193,6 +195,7 @@ class Grid:
         for v in ax["bias"]:
             if v not in BIAS_CHOICES:
                 raise UFMInputError("--bias", v, f"use one of {', '.join(BIAS_CHOICES)}")
+        _check_imbalance(ax)
         from .solvers import _validate_run_args
 
         o = self.options
@@ -242,13 +245,14 @@ class Grid:
             check_fits(problem, solver=o.solver, max_steps=o.max_steps, hessian=o.hessian_for(problem.num_params))
 
 
-_BASE_NAMES = ("K", "d", "n", "lam", "lam_W", "lam_H", "lam_b", "bias", "seed")
+_BASE_NAMES = ("K", "d", "n", "minority", "ratio", "lam", "lam_W", "lam_H", "lam_b", "bias", "seed")
 
 
 def _resolve(base: dict, loss: str, extra: dict) -> dict:
     """One point's resolved inputs from its base axis values, its loss and that loss's parameters."""
     lam = base["lam"]
-    point = {"K": base["K"], "d": base["d"], "n": base["n"], "loss": loss,
+    point = {"K": base["K"], "d": base["d"], "n": base["n"], "minority": base["minority"], "ratio": base["ratio"],
+             "loss": loss,
              "gamma": extra.get("gamma"), "alpha": extra.get("alpha"),
              "kappa": extra.get("kappa"), "beta": extra.get("beta"),
              "lam_W": lam if base["lam_W"] is None else base["lam_W"],
@@ -264,10 +268,39 @@ def _resolve(base: dict, loss: str, extra: dict) -> dict:
     return point
 
 
+def class_sizes(point: dict):
+    """The class sizes of a point: n for the first K − minority classes (the majority), n / ratio for the last
+    ``minority`` classes (Fang et al. 2021's two-group imbalance, R = n_A / n_B). n / ratio must be an integer."""
+    K, n, m, R = point["K"], point["n"], point.get("minority") or 0, point.get("ratio", 1.0)
+    if m == 0:
+        return n
+    n_minor = n / R
+    if not (abs(n_minor - round(n_minor)) <= 1e-9 * n_minor and round(n_minor) >= 1):
+        raise UFMInputError("--ratio", R, f"n / R = {n} / {R:g} = {n_minor:.6g} is not a class size (an integer ≥ 1); "
+                            "choose ratios that divide n")
+    return (n,) * (K - m) + (int(round(n_minor)),) * m
+
+
+def _check_imbalance(ax: dict) -> None:
+    """--minority and --ratio against every K and n they meet (each is a handful of values)."""
+    minorities, ratios = ax.get("minority") or (0,), ax.get("ratio") or (1.0,)
+    for R in ratios:
+        if not (math.isfinite(R) and R > 0):
+            raise UFMInputError("--ratio", R, "the majority/minority size ratio R must be a finite number > 0")
+    if any(R != 1.0 for R in ratios) and 0 in minorities:
+        raise UFMInputError("--minority", 0, "with --ratio other than 1 every --minority value must be ≥ 1 (the number "
+                            "of minority classes); include ratio 1 for balanced points")
+    for K, m in itertools.product(ax["K"], minorities):
+        if not 0 <= m <= K - 1:
+            raise UFMInputError("--minority", m, f"the number of minority classes must lie in [0, K − 1] = [0, {K - 1}]")
+    for K, n, m, R in itertools.product(ax["K"][:1], ax["n"], [max(minorities)], ratios):
+        class_sizes({"K": K, "n": n, "minority": m, "ratio": R})
+
+
 def problem_of(point: dict):
     from .problem import Problem
 
-    return Problem.create(point["K"], point["d"], point["n"], lam_W=point["lam_W"], lam_H=point["lam_H"],
+    return Problem.create(point["K"], point["d"], class_sizes(point), lam_W=point["lam_W"], lam_H=point["lam_H"],
                           lam_b=point["lam_b"] if point["bias"] != "none" else None, bias=point["bias"] != "none",
                           loss=point["loss"], gamma=point["gamma"], alpha=point["alpha"], kappa=point["kappa"],
                           beta=point["beta"])
@@ -275,6 +308,9 @@ def problem_of(point: dict):
 
 def point_key(point: dict, options: SweepOptions) -> str:
     """Content hash of a point and what is computed at it: the store's primary key."""
+    if not point.get("minority"):
+        # balanced: the key a store written before class sizes existed gave it, so such stores resume
+        point = {k: v for k, v in point.items() if k not in ("minority", "ratio")}
     blob = json.dumps({"point": point, "options": dataclasses.asdict(options)}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()
 

@@ -1,7 +1,9 @@
 """Neural-collapse metrics (docs/theory.md §6), pure numpy functions of (W, H, b, labels).
 
 Conventions (each metric names its own exactly; docs/theory.md §6.4 lists how repositories disagree):
-- Σ_W = (1/N) Σ_{k,i} (h_{k,i} − μ_k)(h_{k,i} − μ_k)ᵀ, Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ (nc_loss).
+- Σ_W = (1/N) Σ_{k,i} (h_{k,i} − μ_k)(h_{k,i} − μ_k)ᵀ, Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ (nc_loss), μ_G the mean
+  of all N features. With class sizes n_k: Σ_W weights class k by n_k/N (every sample counts once), Σ_B weights the
+  classes equally, and μ_G = Σ_k (n_k/N) μ_k leans towards the majority. NC2 and NC3 centre with this μ_G too.
 - J = (I_K − 11ᵀ/K)/√(K−1), the unit-Frobenius simplex-ETF Gram matrix.
 - A metric that divides by a zero norm (e.g. NC2 of W = 0 in the trivial-collapse regime) is NaN: undefined,
   not "perfect".

@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .problem import Reg, Shape
 
@@ -25,7 +26,8 @@ class Params(NamedTuple):
 
 
 def labels_of(shape: Shape):
-    return jnp.repeat(jnp.arange(shape.K), shape.n)
+    # a NumPy constant (static class sizes): jnp.repeat with per-class counts would need total_repeat_length
+    return jnp.asarray(np.repeat(np.arange(shape.K), shape.counts))
 
 
 def logits(params: Params):

@@ -310,7 +310,8 @@ def plot_phase(ax, result: dict, x: str = "K", y: str = "lam_W", color: str = "N
             a.set_yscale("log")
         sub = df[df["loss"].astype(str) == loss]
         if x == "K" and y in ("lam_W", "lam_H") and loss in ("ce", "ls", "fl") \
-                and (sub["lam_W"] == sub["lam_H"]).all() and sub["n"].nunique() == 1:
+                and (sub["lam_W"] == sub["lam_H"]).all() and sub["n"].nunique() == 1 \
+                and ("minority" not in sub or (sub["minority"].fillna(0) == 0).all()):
             from .losses import as_loss
             from .theory import phi_prime0
 

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from .errors import UFMInputError
+from .render import sizes_text
 
 from .phase import (apply_where, cell_edges, check_phase_axes, parse_where, phase_axis_columns, phase_panels,  # noqa: F401
                     phase_table, plot_phase)
@@ -89,7 +90,7 @@ def _check_solution_arrays(path, data, finite: bool) -> None:
 def _title(rec: dict) -> str:
     c = rec["config"]
     params = ", ".join(f"{k}={v:g}" for k, v in (c.get("loss_params") or {}).items() if isinstance(v, (int, float)))
-    return f"{c['loss'].upper()}{f' ({params})' if params else ''}: K={c['K']}, d={c['d']}, n={c['n']}, λ={c['lam_W']:g}"
+    return f"{c['loss'].upper()}{f' ({params})' if params else ''}: K={c['K']}, d={c['d']}, n={sizes_text(c['n'])}, λ={c['lam_W']:g}"
 
 
 def _num(v, spec=".1e") -> str:

@@ -2,12 +2,13 @@
 
 Convention (pinned here once; theory.py, the tests and every report follow it):
 
-    f(W, H, b) = (1/N) Σ_{k=1..K} Σ_{i=1..n} L(W h_{k,i} + b, y_k)
-                 + λ_W/2 ‖W‖_F² + λ_H/2 ‖H‖_F² + λ_b/2 ‖b‖²,          N = nK,
+    f(W, H, b) = (1/N) Σ_{k=1..K} Σ_{i=1..n_k} L(W h_{k,i} + b, y_k)
+                 + λ_W/2 ‖W‖_F² + λ_H/2 ‖H‖_F² + λ_b/2 ‖b‖²,          N = Σ_k n_k,
 
-the loss averaged over N, the penalties *not* divided by N. Shapes: W is K×d, H is d×N, b is K. Columns of H are
-class-major: column ``k*n + i`` is h_{k,i} and carries label k (docs/theory.md §1.2 warns that the paper's printed H and
-Y orders disagree; the sum form is the definition).
+the loss averaged over N, the penalties *not* divided by N. Classes are balanced (n_k = n, N = nK) unless ``n`` is
+given as K sizes. Shapes: W is K×d, H is d×N, b is K. Columns of H are class-major: class k's n_k columns follow
+class k−1's, and carry label k (docs/theory.md §1.2 warns that the paper's printed H and Y orders disagree; the sum
+form is the definition).
 
 Bias modes: ``"regularized"`` (λ_b > 0), ``"free"`` (λ_b = 0, an unregularised bias) and ``"none"`` (no b).
 """
@@ -40,13 +41,17 @@ class Shape:
 
     K: int
     d: int
-    n: int
+    n: "int | tuple[int, ...]"       # samples per class, or the K class sizes when they differ
     has_bias: bool
     loss: Loss
 
     @property
+    def counts(self) -> tuple[int, ...]:
+        return class_counts(self.K, self.n)
+
+    @property
     def N(self) -> int:
-        return self.K * self.n
+        return sum(self.counts)
 
     @property
     def sizes(self) -> tuple[int, int, int]:
@@ -67,6 +72,31 @@ def _int_at_least(flag, value, low):
     if value < low:
         raise UFMInputError(flag, value, f"must be an integer ≥ {low}")
     return int(value)
+
+
+def class_counts(K: int, n) -> tuple[int, ...]:
+    """The K class sizes n_k of an ``n`` that is one size (balanced) or K sizes."""
+    return (n,) * K if isinstance(n, int) else tuple(n)
+
+
+def _class_sizes(value, K):
+    """``n`` as given (an integer, K integers, or a comma list like ``"100,100,10,10"``) → an int when every class
+    has the same size (so a balanced problem has one spelling and one cache key), else a tuple of K sizes."""
+    if isinstance(value, str):
+        tokens = [t.strip() for t in value.split(",")]
+        try:
+            value = [int(t) for t in tokens] if len(tokens) > 1 else int(tokens[0])
+        except ValueError:
+            raise UFMInputError("-n", value, "must be one integer ≥ 1 or K comma-separated integers ≥ 1 "
+                                "(e.g. 100,100,10,10)") from None
+    if isinstance(value, (list, tuple, np.ndarray)):
+        sizes = tuple(_int_at_least("-n", v, 1) for v in value)
+        if len(sizes) != K:
+            shown = ",".join(map(str, sizes))
+            raise UFMInputError("-n", shown, f"gives {len(sizes)} class sizes but K = {K}; give one size (balanced) "
+                                f"or exactly {K}")
+        return sizes[0] if len(set(sizes)) == 1 else sizes
+    return _int_at_least("-n", value, 1)
 
 
 def _nonneg(flag, value):
@@ -119,7 +149,10 @@ def _check_minimiser_exists(p) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One UFM instance of eq. (7): K classes, feature dimension d, n samples per class, λ's, bias mode, loss.
+    """One UFM instance of eq. (7): K classes, feature dimension d, samples per class, λ's, bias mode, loss.
+
+    ``n`` is one size for balanced classes, or K sizes n_1, …, n_K (a sequence, or text like ``"100,100,10,10"``);
+    K equal sizes are stored as one integer. :attr:`counts` always gives the K sizes.
 
     ``lam`` sets λ_W = λ_H = λ_b at once; ``lam_W``, ``lam_H``, ``lam_b`` override it. ``lam_b = 0`` means a free
     (unregularised) bias, ``bias=False`` removes b altogether. ``loss`` is anything :func:`ufm.as_loss` accepts.
@@ -127,7 +160,7 @@ class Problem:
 
     K: int = 10
     d: int = 64
-    n: int = 100
+    n: "int | tuple[int, ...]" = 100
     lam_W: float = 5e-4
     lam_H: float = 5e-4
     lam_b: float = 5e-4
@@ -137,7 +170,7 @@ class Problem:
     def __post_init__(self):
         object.__setattr__(self, "K", _int_at_least("-K", self.K, 2))
         object.__setattr__(self, "d", _int_at_least("-d", self.d, 1))
-        object.__setattr__(self, "n", _int_at_least("-n", self.n, 1))
+        object.__setattr__(self, "n", _class_sizes(self.n, self.K))
         for name, flag in (("lam_W", "--lam-w"), ("lam_H", "--lam-h"), ("lam_b", "--lam-b")):
             object.__setattr__(self, name, _nonneg(flag, getattr(self, name)))
         object.__setattr__(self, "bias", bool(self.bias))
@@ -161,8 +194,17 @@ class Problem:
         )
 
     @property
+    def counts(self) -> tuple[int, ...]:
+        """The K class sizes n_k."""
+        return class_counts(self.K, self.n)
+
+    @property
+    def balanced(self) -> bool:
+        return isinstance(self.n, int)
+
+    @property
     def N(self) -> int:
-        return self.K * self.n
+        return sum(self.counts)
 
     @property
     def bias_mode(self) -> str:
@@ -181,7 +223,7 @@ class Problem:
     @property
     def labels(self) -> np.ndarray:
         """Label of each column of H (class-major)."""
-        return np.repeat(np.arange(self.K), self.n)
+        return np.repeat(np.arange(self.K), self.counts)
 
     @property
     def num_params(self) -> int:
@@ -193,7 +235,7 @@ class Problem:
     def config(self) -> dict:
         """Every input, resolved, as plain JSON-able values."""
         return {
-            "K": self.K, "d": self.d, "n": self.n, "N": self.N,
+            "K": self.K, "d": self.d, "n": self.n if self.balanced else list(self.n), "N": self.N,
             "lam_W": self.lam_W, "lam_H": self.lam_H, "lam_b": self.lam_b if self.bias else None,
             "bias": self.bias_mode,
             "loss": self.loss.name if self.loss.name != "user" else self.loss.describe(),

@@ -13,6 +13,11 @@ def _num(v, spec: str = ".6e") -> str:
     return format(v, spec)
 
 
+def sizes_text(n) -> str:
+    """n as typed on the command line: one size, or the class sizes comma-separated."""
+    return ",".join(map(str, n)) if isinstance(n, (list, tuple)) else str(n)
+
+
 def render_solution(rec: dict) -> str:
     """A readable summary of a solve record: what was solved, how it ended, and measured vs theory. Every number
     may be missing (a diverged solve stores NaN/inf as null): it prints as "—"."""
@@ -20,7 +25,7 @@ def render_solution(rec: dict) -> str:
     loss = c["loss"] + ("" if not c["loss_params"] or c["loss"] not in ("fl", "ls", "mse")
                         else "(" + ", ".join(f"{k}={v}" for k, v in c["loss_params"].items()) + ")")
     lines = [
-        f"UFM eq. (7): K={c['K']} d={c['d']} n={c['n']} loss={loss} λ_W={_num(c['lam_W'], 'g')} "
+        f"UFM eq. (7): K={c['K']} d={c['d']} n={sizes_text(c['n'])} loss={loss} λ_W={_num(c['lam_W'], 'g')} "
         f"λ_H={_num(c['lam_H'], 'g')} bias={c['bias']}" + (f" λ_b={_num(c['lam_b'], 'g')}" if c["bias"] == "regularized" else ""),
         f"solver {c['solver']} ({c['dtype']}): {rec['status']} after {rec['steps']} steps in {_num(rec['wall_time_s'], '.2f')} s "
         f"— ‖∇f‖ = {_num(rec['grad_norm'], '.3e')} (gtol {_num(c['gtol'], 'g')}), scale-free "
@@ -67,7 +72,7 @@ def _escape_line(e: dict) -> str:
 def render_landscape(rec: dict) -> str:
     """A readable table of analysed critical points; "—" where a number is missing (NaN/inf points, no theory)."""
     c, tol = rec["config"], rec["tolerances"]
-    lines = [f"UFM landscape: K={c['K']} d={c['d']} n={c['n']} loss={c['loss']} λ_W={_num(c['lam_W'], 'g')} "
+    lines = [f"UFM landscape: K={c['K']} d={c['d']} n={sizes_text(c['n'])} loss={c['loss']} λ_W={_num(c['lam_W'], 'g')} "
              f"λ_H={_num(c['lam_H'], 'g')} bias={c['bias']} — at {rec['at']}, Hessian {rec.get('hessian_method')}",
              f"tolerances: ‖∇f‖ ≤ {_num(tol['grad_tol'], 'g')} is critical; |θ| ≤ zero_tol is zero "
              f"({tol['zero_tol_rule']}); objective vs theory to {_num(tol['obj_tol'], 'g')} relative"]

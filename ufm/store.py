@@ -37,7 +37,7 @@ from .errors import UFMInputError
 
 #: every column of a row, in order: inputs (the point, then every option that enters its key), then outputs (None
 #: where a part was not computed)
-INPUT_COLUMNS = ["K", "d", "n", "loss", "gamma", "alpha", "kappa", "beta", "lam_W", "lam_H", "lam_b", "bias", "seed",
+INPUT_COLUMNS = ["K", "d", "n", "minority", "ratio", "loss", "gamma", "alpha", "kappa", "beta", "lam_W", "lam_H", "lam_b", "bias", "seed",
                  "solver", "gtol", "rtol", "max_steps", "init_scale", "analyze", "census", "hessian"]
 OUTPUT_COLUMNS = [
     "status", "converged", "objective", "grad_norm", "rel_grad_norm", "steps", "W_fro_sq", "H_fro_sq",

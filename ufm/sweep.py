@@ -126,7 +126,8 @@ def describe_point(p: dict) -> str:
         lam = f"λ={lw:g}"
     else:
         lam = f"λ_W={lw:g} λ_H={lh:g}" + (f" λ_b={lb:g}" if p["bias"] == "regularized" else f" bias={p['bias']}")
-    return f"K={p['K']} d={p['d']} n={p['n']} {loss} {lam} seed={p['seed']}"
+    n = p["n"] if not p.get("minority") else f"{p['n']} ({p['minority']} minority, R={p['ratio']:g})"
+    return f"K={p['K']} d={p['d']} n={n} {loss} {lam} seed={p['seed']}"
 
 
 def _worker_init():
@@ -135,7 +136,7 @@ def _worker_init():
 
 def _shape_order(item):
     _, p = item
-    return (p["K"], p["d"], p["n"], p["loss"], p["bias"] == "none")
+    return (p["K"], p["d"], p["n"], p.get("minority") or 0, p.get("ratio") or 1.0, p["loss"], p["bias"] == "none")
 
 
 @dataclasses.dataclass

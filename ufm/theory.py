@@ -129,6 +129,9 @@ def theory_optimum(problem: Problem) -> TheoryOptimum:
     loss = problem.loss
     if lam_W <= 0 or lam_H <= 0:
         return _no_theory("theory needs λ_W > 0 and λ_H > 0 (without weight decay the norms blow up)")
+    if not problem.balanced:
+        return _no_theory(f"class sizes differ (n = {','.join(map(str, problem.counts))}): the closed forms need "
+                          "balanced classes; the bounds (convex lifting, docs/theory.md) cover this case")
     # square roots first: n·λ_W·λ_H underflows to 0 for λ's near 1e-160 while c itself is representable
     c = float(np.sqrt(n) * np.sqrt(lam_W) * np.sqrt(lam_H))
     sc = float(np.sqrt(n) * np.sqrt(lam_H) / np.sqrt(lam_W))   # ‖W*‖_F² = sc·|t*| (docs/theory.md §4.3)
