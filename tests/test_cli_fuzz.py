@@ -3,6 +3,7 @@ stderr naming the flag — before any work (the solver, the Hessian and the swee
 that fail the test if reached)."""
 
 import argparse
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -66,7 +67,9 @@ def _parses_as_number(text):
 
 # values that are never valid for a numeric flag: not numbers, not finite, or below every flag's lower bound
 never_numbers = st.one_of(
-    st.text(max_size=12).filter(lambda s: not _parses_as_number(s) and not s.startswith("-")),
+    # (a comma list of positive integers is a valid -n: class sizes)
+    st.text(max_size=12).filter(lambda s: not _parses_as_number(s) and not s.startswith("-")
+                                and not re.fullmatch(r"[\d,\s]+", s)),
     st.sampled_from(["nan", "inf", "-inf", "1e999", "-1e999", "NaN", "Infinity"]),
     st.floats(max_value=-1e-300, allow_nan=False, allow_infinity=False).map(repr),
     st.integers(max_value=-1).map(str),

@@ -57,6 +57,15 @@ def _refused(capsys, store, args, flag, also=""):
     (["-K", "range:2:1001", "-d", "range:1:1001", "-n", "2"], "grid"),   # 10⁶ points each fine, too many together
     (["--export", "x.xlsx"], "--export"),
     (["--export", "/nonexistent/x.csv"], "--export"),
+    (["--minority", "1", "--ratio", "3"], "--ratio"),              # n / R = 2/3 is not a class size
+    (["--minority", "1", "--ratio", "0"], "--ratio"),
+    (["--minority", "1", "--ratio", "-2"], "--ratio"),
+    (["--minority", "1", "--ratio", "nan"], "--ratio"),
+    (["--ratio", "2"], "--minority"),                              # a ratio without minority classes
+    (["--minority", "0,1", "--ratio", "2"], "--minority"),
+    (["--minority", "3"], "--minority"),                           # K = 3 has at most 2 minority classes
+    (["--minority", "-1"], "--minority"),
+    (["--minority", "1.5"], "--minority"),
 ])
 def test_bad_flags(tmp_path, capsys, args, flag):
     _refused(capsys, tmp_path / "s.db", [*TINY, *args], flag)
@@ -94,6 +103,8 @@ def test_file_values_made_moot_by_flags_are_not_contradictions(tmp_path, capsys)
     ("export = 3", "export"),
     ("quiet = 1", "quiet"),
     ('loss = "ce"\ngamma = 7', "--gamma"),
+    ("minority = 1\nratio = 4", "--ratio"),
+    ("ratio = [1, 2]", "--minority"),
 ])
 def test_bad_toml_values(tmp_path, capsys, text, flag):
     toml = tmp_path / "g.toml"
