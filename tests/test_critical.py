@@ -188,17 +188,33 @@ def test_nan_curvature_at_a_critical_point_is_nonfinite(method):
 
 def test_classify_needs_finite_numbers_for_every_class():
     tol = Tolerances()
-    good = dict(objective=1.0, grad_norm=0.0, min_eig=1.0, min_eig_deflated=1.0, zero_tol=1e-8, theory_objective=1.0)
+    good = dict(objective=1.0, grad_norm=0.0, min_eig=1.0, min_eig_deflated=1.0, zero_tol=1e-8, lower=1.0, upper=1.0)
     assert classify(**good, tolerances=tol) == "global_minimizer"
     for key in good:
         for bad in (np.nan, np.inf, -np.inf):
             cls = classify(**{**good, key: bad}, tolerances=tol)
-            if key == "theory_objective":                 # no usable theory value: measured, not compared
+            if key in ("lower", "upper"):                 # no usable bound: measured, not compared
                 assert cls == "local_minimizer"
             else:
                 assert cls == "nonfinite", (key, bad, cls)
     assert classify(**{**good, "grad_norm": 1.0, "min_eig": np.nan}, tolerances=tol) == "not_critical"
     assert "nonfinite" in CLASSES
+
+
+@pytest.mark.parametrize("objective, lower, upper, want", [
+    (1.0, 1.0, 1.0, "global_minimizer"),
+    (1.0 + 1e-12, 1.0, 1.0, "global_minimizer"),              # meets a certified bracket within obj_tol
+    (1.1, 1.0, 1.0, "spurious_local_minimizer"),              # above an attained value: provably not global
+    (1.1, 0.9, 1.0, "spurious_local_minimizer"),              # above upper, whatever the lower bound
+    (0.95, 0.9, 1.0, "local_minimizer"),                      # inside an open bracket
+    (1.0, 0.9, 1.0, "local_minimizer"),                       # meets upper, but the bracket is open
+    (1.0, None, 1.0, "local_minimizer"),                      # no lower bound: cannot certify
+    (1.1, None, 1.0, "spurious_local_minimizer"),
+    (1.0, 0.5, None, "local_minimizer"),                      # a lower bound alone never names a class
+])
+def test_classify_by_the_bracket(objective, lower, upper, want):
+    got = classify(objective, 0.0, 1.0, 1.0, 1e-8, lower, upper, Tolerances())
+    assert got == want
 
 
 @pytest.mark.parametrize("field, flag", [("grad_tol", "--grad-tol"), ("zero_tol", "--zero-tol"), ("obj_tol", "obj_tol")])

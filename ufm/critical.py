@@ -10,8 +10,11 @@ never from what a theorem says should happen:
 - on the complement of the symmetry orbit's tangent space (symmetry.py) the Hessian is then either positive
   (λ_min^⊥ > zero_tol: a second-order minimum whose only flat directions are the symmetry) or not (``degenerate``:
   flat directions beyond the symmetry, second order cannot decide);
-- a second-order minimum is ``global_minimizer`` when its objective equals the theory optimum (relative obj_tol),
-  ``spurious_local_minimizer`` when above it, and ``local_minimizer`` when no theory value applies.
+- a second-order minimum is judged against the proven bracket [lower, upper] on the global optimum (bounds.py; the
+  theory optimum where a closed form applies): ``global_minimizer`` when the bracket is certified (lower = upper to
+  1e-8 relative) and its objective meets it (relative obj_tol), ``spurious_local_minimizer`` when its objective is
+  above ``upper`` (an explicit point is lower, so it is provably not global), ``local_minimizer`` otherwise (the
+  bracket is reported with it).
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class CriticalPoint:
     hessian_method: str
     zero_tol: float
     theory_objective: Optional[float]
+    bounds: Optional[dict]               # the bracket it was judged against (bounds.py), with its method
     certificate: Optional[dict]
     nc_direction: Optional[dict]
     x: np.ndarray = dataclasses.field(repr=False)
@@ -96,7 +100,7 @@ class CriticalPoint:
     def record(self) -> dict:
         keys = ["label", "objective", "grad_norm", "min_eig", "max_eig", "min_eig_deflated", "n_negative", "n_zero",
                 "expected_zero_modes", "rank_W", "classification", "eig_residual", "hessian_method",
-                "theory_objective", "certificate", "nc_direction", "escape", "found", "not_finite"]
+                "theory_objective", "bounds", "certificate", "nc_direction", "escape", "found", "not_finite"]
         return {k: getattr(self, k) for k in keys}
 
 
@@ -195,9 +199,11 @@ def check_hessian(problem: Problem, hessian: str = "auto", *, solver="auto") -> 
 
 
 def classify(objective: float, grad_norm: float, min_eig: float, min_eig_deflated: float, zero_tol: float,
-             theory_objective: Optional[float], tolerances: Tolerances) -> str:
-    """The class from measured numbers (see the module docstring). Every class needs an affirmative comparison on
-    finite numbers: NaN compares False both ways, so a chain of fall-throughs would call a NaN point a minimiser."""
+             lower: Optional[float], upper: Optional[float], tolerances: Tolerances) -> str:
+    """The class from measured numbers (see the module docstring); [lower, upper] is the proven bracket on the
+    global optimum (either may be None). Every class needs an affirmative comparison on finite numbers: NaN compares
+    False both ways, so a chain of fall-throughs would call a NaN point a minimiser."""
+    from .bounds import certified
     finite = lambda *vals: all(v is not None and math.isfinite(v) for v in vals)
     if not finite(objective, grad_norm):
         return "nonfinite"
@@ -209,13 +215,31 @@ def classify(objective: float, grad_norm: float, min_eig: float, min_eig_deflate
         return "strict_saddle"
     if min_eig_deflated <= zero_tol:
         return "degenerate"
-    if not finite(theory_objective):
+    if not finite(upper):
         return "local_minimizer"
-    if abs(objective - theory_objective) <= tolerances.obj_tol * max(1.0, abs(theory_objective)):
+    meets = abs(objective - upper) <= tolerances.obj_tol * max(1.0, abs(upper))
+    if meets and finite(lower) and certified(lower, upper):
         return "global_minimizer"
-    if objective > theory_objective:
+    if objective > upper and not meets:
         return "spurious_local_minimizer"
-    return "local_minimizer"         # below a theory value: reported as measured, the gap says the rest
+    return "local_minimizer"         # inside the bracket, or (a contradiction, reported as measured) below it
+
+
+def judged_against(problem: Problem) -> tuple[Optional[float], Optional[float], dict]:
+    """The bracket a critical point of ``problem`` is classified with: the proven bounds (bounds.py), narrowed to the
+    closed-form optimum where a theorem gives one (it is both a proven lower bound and attained by the NC point), so
+    an unconverged lifting never demotes a point that theory certifies. Returns (lower, upper, record)."""
+    from .bounds import certified, problem_bounds
+
+    b = problem_bounds(problem)
+    lower, upper = b.lower, b.upper
+    th = theory_optimum(problem)
+    rec = {"lower": lower, "upper": upper, "method": b.method}
+    if th.applies and th.objective is not None and not certified(lower, upper):
+        lower, upper = th.objective, th.objective
+        rec.update(lower=lower, upper=upper, method="closed_form")
+    rec["certified"] = certified(lower, upper)
+    return lower, upper, rec
 
 
 def _finite_tangent(problem: Problem, x):
@@ -256,6 +280,7 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
         tangent = _finite_tangent(problem, x)
         th = theory_optimum(problem)
         f_star = th.objective if th.applies else None
+        lower, upper, bounds = judged_against(problem)
 
         min_eig = max_eig = min_perp = residual = ztol = nan
         n_neg = n_zero = min_space = theta = None
@@ -302,7 +327,7 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
                 n_neg = n_zero = min_space = theta = None
                 vmin = np.zeros_like(x)
 
-        cls = classify(f, gnorm, min_eig, min_perp, ztol, f_star, tolerances)
+        cls = classify(f, gnorm, min_eig, min_perp, ztol, lower, upper, tolerances)
 
         direction = None
         nc = negative_curvature_direction(problem, x) if tangent is not None and not not_finite else None
@@ -321,7 +346,7 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
             objective=f, grad_norm=gnorm, min_eig=min_eig, max_eig=max_eig, min_eig_deflated=min_perp,
             n_negative=n_neg, n_zero=n_zero, expected_zero_modes=None if tangent is None else tangent.dim,
             rank_W=None if tangent is None else tangent.rank, classification=cls, eig_residual=float(residual),
-            hessian_method=method, zero_tol=ztol, theory_objective=f_star,
+            hessian_method=method, zero_tol=ztol, theory_objective=f_star, bounds=bounds,
             certificate=None if not_finite else certificate(problem, W, H, b), nc_direction=direction,
             x=x, min_eigvec=np.asarray(vmin), label=label, eigenvalues=theta if method == "dense" else None,
             not_finite=not_finite or None,

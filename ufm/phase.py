@@ -11,7 +11,7 @@ from .errors import UFMInputError
 from .plot_style import CMAP, NEUTRAL, ROUNDOFF
 
 _STRING_INPUTS = ("loss", "bias", "solver")
-_LOG_COLORS = ("NC", "theory_rel_gap", "theory_gap", "grad_norm", "bias_residual")
+_LOG_COLORS = ("NC", "theory_rel_gap", "theory_gap", "grad_norm", "bias_residual", "bound_rel_gap")
 
 
 def phase_axis_columns(df=None) -> list:

@@ -18,6 +18,25 @@ def sizes_text(n) -> str:
     return ",".join(map(str, n)) if isinstance(n, (list, tuple)) else str(n)
 
 
+def render_bounds(b: dict) -> list[str]:
+    """The proven bracket on the global optimum in words: a certified optimum, an open bracket, or no bound."""
+    method = {"convex_lifting": "convex lifting", "convex_envelope": "convex envelope of φ"}.get(b["method"], b["method"])
+    if b["method"] == "none" or b["lower"] is None:
+        return [f"bounds: no lower bound — {b['reason']}"]
+    rank = f", rank {b['rank']}" if b.get("rank") is not None else ""
+    frm = f" ({b['upper_from'].replace('_', ' ')})" if b.get("upper_from") else ""
+    head = (f"bounds ({method}{rank}): {_num(b['lower'], '.12g')} ≤ f* ≤ {_num(b['upper'], '.12g')}{frm}")
+    if b["certified"]:
+        sol = b.get("solution_rel_gap")
+        verdict = ("certified optimum; the solution is at it" if sol is not None and abs(sol) <= 1e-8 else
+                   f"certified optimum; the solution is {_num(b.get('solution_gap'), '.3e')} above it")
+    elif b["upper"] is None:
+        verdict = "a lower bound only"
+    else:
+        verdict = f"open bracket, width {_num(b['gap'], '.3e')}"
+    return [head + f" — {verdict}", f"  {b['reason']}"]
+
+
 def render_solution(rec: dict) -> str:
     """A readable summary of a solve record: what was solved, how it ended, and measured vs theory. Every number
     may be missing (a diverged solve stores NaN/inf as null): it prints as "—"."""
@@ -48,6 +67,8 @@ def render_solution(rec: dict) -> str:
     if th["objective"] is not None:
         lines.append(f"{'gap':14}{_num(th['gap'], '.3e'):>22}  (relative {_num(th['rel_gap'], '.3e')})")
     lines.append(f"theory: {th['reason'] if th['applies'] or th['upper_bound_only'] else 'does not apply — ' + th['reason']}")
+    if rec.get("bounds"):
+        lines += render_bounds(rec["bounds"])
     if th["applies"]:
         lines.append(f"  geometry {th['geometry']}, logit margin {_num(th['margin'], '.6g')}, c = √(nλ_Wλ_H) = "
                      f"{_num(th['c'], '.4g')}")
@@ -108,10 +129,19 @@ def render_landscape(rec: dict) -> str:
             lines.append(f"{'':10}  not finite: {', '.join(p['not_finite'])} — neither a minimiser nor a saddle")
         if p["escape"]:
             lines.append(f"{'':10}  {_escape_line(p['escape'])}")
-        f, fs = p["objective"], p["theory_objective"]
-        if fs is not None and p["classification"] not in ("not_critical", "nonfinite"):
+        f, fs, br = p["objective"], p["theory_objective"], p.get("bounds") or {}
+        if p["classification"] in ("not_critical", "nonfinite"):
+            continue
+        if br.get("upper") is not None and not (fs is not None and br.get("method") == "closed_form"):
+            gap = f - br["upper"] if isinstance(f, (int, float)) else None
+            state = "certified" if br.get("certified") else "open"
+            lines.append(f"{'':10}  optimum f* in [{_num(br.get('lower'), '.8f')}, {_num(br['upper'], '.8f')}] "
+                         f"({br['method'].replace('_', ' ')}, {state}); f − upper {_num(gap, '.2e')}")
+        elif fs is not None:
             gap = f - fs if isinstance(f, (int, float)) and isinstance(fs, (int, float)) else None
             lines.append(f"{'':10}  theory optimum f* = {_num(fs, '.8f')}; gap {_num(gap, '.2e')}")
+        elif br.get("lower") is not None:
+            lines.append(f"{'':10}  optimum f* ≥ {_num(br['lower'], '.8f')} ({br['method'].replace('_', ' ')})")
     counts = {}
     for p in rec["critical_points"]:
         counts[p["classification"]] = counts.get(p["classification"], 0) + 1

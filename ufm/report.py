@@ -46,6 +46,20 @@ def _nc_or_nan(W, H, b, p) -> dict:
     return dict.fromkeys(NC_KEYS, float("nan"))
 
 
+def solution_bounds(problem, objective: float) -> dict:
+    """``bounds`` of a solve record: the proven bracket on the global optimum (bounds.py) with the solution as one
+    more explicit point, and where the solution stands in it (``solution_gap`` = f − lower)."""
+    from .bounds import problem_bounds
+
+    b = problem_bounds(problem).with_point(objective)
+    rec = b.record()
+    finite = objective is not None and math.isfinite(objective)
+    rec["solution_gap"] = objective - b.lower if finite and b.lower is not None else None
+    rec["solution_rel_gap"] = (rec["solution_gap"] / max(abs(b.lower), np.finfo(float).tiny)
+                               if rec["solution_gap"] is not None else None)
+    return rec
+
+
 def solution_record(sol: Solution) -> dict:
     """The result record of ``ufm solve --json``: status, f, ‖∇f‖, steps, norms, b, NC metrics, theory, config."""
     p = sol.problem
@@ -59,6 +73,7 @@ def solution_record(sol: Solution) -> dict:
     else:
         theory["gap"] = theory["rel_gap"] = None
     record = {
+        "bounds": solution_bounds(p, sol.objective),
         "status": sol.status.name.lower(),
         "message": sol.message,
         "converged": sol.converged,

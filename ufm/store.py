@@ -42,6 +42,7 @@ INPUT_COLUMNS = ["K", "d", "n", "minority", "ratio", "loss", "gamma", "alpha", "
 OUTPUT_COLUMNS = [
     "status", "converged", "objective", "grad_norm", "rel_grad_norm", "steps", "W_fro_sq", "H_fro_sq",
     "theory_applies", "theory_objective", "theory_gap", "theory_rel_gap", "theory_geometry",
+    "lower_bound", "upper_bound", "certified", "bound_method", "bound_rank", "bound_rel_gap",
     "NC1", "NC2_W", "NC2_H", "NC2_W_uncentred", "NC2_H_uncentred", "NC3", "NC4", "bias_residual",
     "classification", "min_eig", "min_eig_deflated", "max_eig", "n_negative", "n_zero", "expected_zero_modes",
     "eig_residual", "origin_classification", "origin_min_eig", "origin_min_eig_theory",

@@ -78,6 +78,9 @@ def evaluate_point(point: dict, options: SweepOptions) -> dict:
                    W_fro_sq=rec["W_fro_sq"], H_fro_sq=rec["H_fro_sq"],
                    theory_applies=th["applies"], theory_objective=th["objective"], theory_gap=th["gap"],
                    theory_rel_gap=th["rel_gap"], theory_geometry=th["geometry"], solve_time_s=sol.wall_time,
+                   lower_bound=rec["bounds"]["lower"], upper_bound=rec["bounds"]["upper"],
+                   certified=rec["bounds"]["certified"], bound_method=rec["bounds"]["method"],
+                   bound_rank=rec["bounds"]["rank"], bound_rel_gap=rec["bounds"]["solution_rel_gap"],
                    **{k: rec["nc"][k] for k in ("NC1", "NC2_W", "NC2_H", "NC2_W_uncentred", "NC2_H_uncentred", "NC3",
                                                  "NC4", "bias_residual")})
         if options.analyze:
