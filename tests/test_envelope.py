@@ -1,4 +1,4 @@
-"""The convex-envelope lower bound (docs/theory.md §4.9) against reference values, a brute-force hull and its own proof."""
+"""The convex-envelope lower bound (docs/theory.md §4.9): reference values, a brute-force hull, and its own proof."""
 
 import time
 

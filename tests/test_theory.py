@@ -7,7 +7,14 @@ import pytest
 import ufm
 from ufm.losses import CrossEntropy, FocalLoss, LabelSmoothing
 from ufm.model import Params, objective
-from ufm.theory import ce_ls_closed_form, phi, phi_prime0, scalar_optimum, theory_optimum, theory_point
+from ufm.theory import (ce_ls_closed_form, phi, phi_is_convex, phi_prime, phi_prime0, phi_second, scalar_optimum,
+                        theory_optimum, theory_point)
+
+try:
+    import mpmath
+except ImportError:        # a sympy dependency, usually present; only the high-precision references need it
+    mpmath = None
+needs_mpmath = pytest.mark.skipif(mpmath is None, reason="mpmath is not installed")
 
 
 def test_mse_reference_values():
@@ -103,8 +110,6 @@ def test_focal_with_many_classes_is_flagged():
 
 # ---- analytic φ′, φ″, the convexity test and the polished scalar optimum (docs/theory.md §4.9) ----------------------
 
-mpmath = pytest.importorskip("mpmath")
-from ufm.theory import phi_is_convex, phi_prime, phi_second  # noqa: E402
 
 _LOSSES = [CrossEntropy(), LabelSmoothing(0.3), FocalLoss(0.0), FocalLoss(0.5), FocalLoss(1.0), FocalLoss(2.0),
            FocalLoss(5.0)]
@@ -137,6 +142,7 @@ def _phi2_mp_fl(t, K, gamma):
     return F2 * u1**2 + F1 * u2
 
 
+@needs_mpmath
 @pytest.mark.parametrize("loss", _LOSSES, ids=lambda l: l.describe())
 @pytest.mark.parametrize("K", [2, 3, 10, 100, 10_000])
 def test_phi_derivatives_match_mpmath(loss, K):
@@ -176,6 +182,7 @@ def test_focal_gamma_zero_is_cross_entropy():
         np.testing.assert_allclose(phi_second(t, FocalLoss(0.0), K), phi_second(t, CrossEntropy(), K), rtol=1e-15)
 
 
+@needs_mpmath
 @pytest.mark.parametrize("K, gamma, value", [(24, 1.0, -2.9e-6), (20, 5.0, -3.8e-6), (57, 0.5, -1.9e-8)])
 def test_mild_nonconvexity_is_detected(K, gamma, value):
     # docs/theory.md §4.5: second differences with a tolerance passed these as convex
@@ -189,6 +196,7 @@ def test_mild_nonconvexity_is_detected(K, gamma, value):
     assert not phi_is_convex(FocalLoss(gamma), K, 0.01)
 
 
+@needs_mpmath
 def test_convex_cases():
     for K in (2, 3, 10, 100, 10_000):
         assert phi_is_convex(CrossEntropy(), K, 0.01) and phi_is_convex(LabelSmoothing(0.5), K, 0.01)
@@ -201,6 +209,7 @@ def test_convex_cases():
     assert phi_is_convex(FocalLoss(2.0), 10, 0.01)
 
 
+@needs_mpmath
 def test_convexity_family_matches_mpmath():
     # K ∈ [2, 200], γ ∈ {0.5, 1, 2, 3, 5}: phi_is_convex against the sign of a 30-digit φ″ on t ≤ 0
     mp = mpmath.mp
@@ -230,6 +239,7 @@ def test_scalar_optimum_matches_closed_form_to_round_off(K):
             assert -t / (K - 1) == pytest.approx(m, rel=1e-11 if r < 0.99 else 1e-9, abs=0), (loss, K, r)
 
 
+@needs_mpmath
 @pytest.mark.parametrize("K, gamma, c", [(4, 3.0, 5e-3 * np.sqrt(5)), (20, 2.0, 0.003), (100, 3.0, 0.0113),
                                          (50, 3.0, 0.0238), (1000, 0.5, 1e-5), (24, 1.0, 0.04)])
 def test_scalar_optimum_focal_matches_mpmath(K, gamma, c):
@@ -240,7 +250,7 @@ def test_scalar_optimum_focal_matches_mpmath(K, gamma, c):
     assert t < 0
     with mp.workdps(30):
         g = lambda x: _phi_mp(x, loss, K) - c * x
-        t_ref = mp.findroot(lambda x: mp.diff(g, x) , mp.mpf(t))
+        t_ref = mp.findroot(lambda x: mp.diff(g, x), mp.mpf(t))
         f_ref = g(t_ref)
     assert f == pytest.approx(float(f_ref), rel=1e-13)
     assert t == pytest.approx(float(t_ref), rel=1e-12)

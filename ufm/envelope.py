@@ -25,7 +25,7 @@ import functools
 
 import numpy as np
 
-from .losses import CrossEntropy, FocalLoss, LabelSmoothing
+from .losses import FocalLoss
 from .theory import _gamma_beta, _psi, _psi_d1, _psi_d2, scalar_optimum
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -72,7 +72,7 @@ class _Curve:
 
     def __init__(self, K: int, gamma: float):
         self.K, self.gamma, self.L = K, float(gamma), float(np.log(K - 1))
-        self.a = np.linspace(_A_MID_LO, _A_HI, int(round((_A_HI - _A_MID_LO) / _H)) + 1)
+        self.a = np.linspace(_A_MID_LO, _A_HI, round((_A_HI - _A_MID_LO) / _H) + 1)
         self.psi, self.dpsi = _psi(self.a, self.gamma), _psi_d1(self.a, self.gamma)
         self.fbar = _f_bar(self.a[:-1], self.a[1:], self.gamma)
         self.big_gamma = max(self.gamma, 1.0)

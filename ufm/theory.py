@@ -82,7 +82,7 @@ def _psi_parts(a, gamma):
 
 
 def _psi(a, gamma):
-    q, p, u, qg = _psi_parts(a, gamma)
+    _, _, u, qg = _psi_parts(a, gamma)
     return qg * u
 
 
@@ -93,7 +93,7 @@ def _psi_d1(a, gamma):
 
 def _psi_B(a, gamma):
     """B(a): ψ″(a) = σ(a)^γ σ(−a) B(a), so sign φ″ = sign B (the prefactor is > 0 at every finite t)."""
-    q, p, u, qg = _psi_parts(a, gamma)
+    q, p, u, _ = _psi_parts(a, gamma)
     return gamma * u * (gamma * p - q) + (2.0 * gamma + 1.0) * q
 
 
@@ -146,7 +146,8 @@ def _newton_root(fp, fpp, lo: float, hi: float, x0: float, it: int = 100) -> flo
         xn = x - f / d if d > 0 else np.nan
         if not (lo < xn < hi):
             xn = 0.5 * (lo + hi)
-        if abs(xn - x) <= 2.0 * np.finfo(float).eps * max(abs(x), abs(xn)) or hi - lo <= 4.0 * np.finfo(float).eps * max(abs(lo), abs(hi)):
+        eps = np.finfo(float).eps
+        if abs(xn - x) <= 2.0 * eps * max(abs(x), abs(xn)) or hi - lo <= 4.0 * eps * max(abs(lo), abs(hi)):
             return xn
         x = xn
     return x
@@ -222,7 +223,7 @@ class TheoryOptimum:
         return dataclasses.asdict(self)
 
 
-def phi_is_convex(loss, K: int, c: float = None) -> bool:
+def phi_is_convex(loss, K: int, c: Optional[float] = None) -> bool:
     """Whether φ″ ≥ 0 on the whole branch t ≤ 0 of the scalar problem (analytic φ″, docs/theory.md §4.5 and §4.9).
 
     CE and LS: φ″ = pq/(K−1)² > 0, always convex. FL: sign φ″ = sign B(a), a = t/(K−1) + log(K−1) (see
