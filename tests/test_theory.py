@@ -7,7 +7,14 @@ import pytest
 import ufm
 from ufm.losses import CrossEntropy, FocalLoss, LabelSmoothing
 from ufm.model import Params, objective
-from ufm.theory import ce_ls_closed_form, phi, phi_prime0, scalar_optimum, theory_optimum, theory_point
+from ufm.theory import (ce_ls_closed_form, phi, phi_is_convex, phi_prime, phi_prime0, phi_second, scalar_optimum,
+                        theory_optimum, theory_point)
+
+try:
+    import mpmath
+except ImportError:        # a sympy dependency, usually present; only the high-precision references need it
+    mpmath = None
+needs_mpmath = pytest.mark.skipif(mpmath is None, reason="mpmath is not installed")
 
 
 def test_mse_reference_values():
@@ -99,3 +106,151 @@ def test_focal_with_many_classes_is_flagged():
     th = theory_optimum(ufm.Problem.create(100, 128, 5, loss="fl", gamma=2.0))
     assert not th.applies and th.upper_bound_only and th.objective is not None
     assert theory_optimum(ufm.Problem.create(10, 16, 5, loss="fl", gamma=2.0)).applies
+
+
+# ---- analytic φ′, φ″, the convexity test and the polished scalar optimum (docs/theory.md §4.9) ----------------------
+
+
+_LOSSES = [CrossEntropy(), LabelSmoothing(0.3), FocalLoss(0.0), FocalLoss(0.5), FocalLoss(1.0), FocalLoss(2.0),
+           FocalLoss(5.0)]
+
+
+def _phi_mp(t, loss, K):
+    """φ at mpmath precision, straight from the definition (no shared code with ufm.theory)."""
+    mp = mpmath.mp
+    u = mp.log(1 + (K - 1) * mp.exp(mp.mpf(t) / (K - 1)))
+    if isinstance(loss, CrossEntropy):
+        return u
+    if isinstance(loss, LabelSmoothing):
+        return u - mp.mpf(loss.alpha) * t / K
+    return (1 - mp.exp(-u)) ** mp.mpf(loss.gamma) * u
+
+
+def _phi2_mp_fl(t, K, gamma):
+    """φ_FL″ at mpmath precision by the chain rule in u (an independent derivation from the a-form in ufm.theory):
+    F(u) = E^γ u with E = 1 − e^{−u}, φ″ = F″(u) u′² + F′(u) u″, u′ = x/((1+x)(K−1)), u″ = x/((1+x)²(K−1)²)."""
+    mp = mpmath.mp
+    g = mp.mpf(gamma)
+    x = (K - 1) * mp.exp(mp.mpf(t) / (K - 1))
+    u = mp.log(1 + x)
+    e = mp.exp(-u)
+    E = 1 - e
+    F1 = g * E ** (g - 1) * e * u + E**g
+    F2 = g * (g - 1) * E ** (g - 2) * e**2 * u - g * E ** (g - 1) * e * u + 2 * g * E ** (g - 1) * e
+    u1 = x / ((1 + x) * (K - 1))
+    u2 = x / ((1 + x) ** 2 * (K - 1) ** 2)
+    return F2 * u1**2 + F1 * u2
+
+
+@needs_mpmath
+@pytest.mark.parametrize("loss", _LOSSES, ids=lambda l: l.describe())
+@pytest.mark.parametrize("K", [2, 3, 10, 100, 10_000])
+def test_phi_derivatives_match_mpmath(loss, K):
+    # analytic φ′, φ″ against 50-digit numerical differentiation of φ's definition
+    mp = mpmath.mp
+    beta = loss.alpha / K if isinstance(loss, LabelSmoothing) else 0.0
+    ts = [t for t in (-1e5, -3e3, -200.0, -30.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 30.0, 200.0, 3e3, 1e5)
+          if abs(t / (K - 1)) <= 60]
+    with mp.workdps(50):
+        for t in ts:
+            d1 = float(mp.diff(lambda x: _phi_mp(x, loss, K), mp.mpf(t), 1))
+            d2 = float(mp.diff(lambda x: _phi_mp(x, loss, K), mp.mpf(t), 2))
+            assert float(phi_prime(t, loss, K)) == pytest.approx(d1, rel=1e-12, abs=1e-13 * (abs(d1) + beta))
+            assert float(phi_second(t, loss, K)) == pytest.approx(d2, rel=1e-11, abs=1e-300)
+
+
+@pytest.mark.parametrize("loss", _LOSSES, ids=lambda l: l.describe())
+@pytest.mark.parametrize("K", [2, 10_000])
+def test_phi_derivatives_are_stable_at_extreme_t(loss, K):
+    beta = loss.alpha / K if isinstance(loss, LabelSmoothing) else 0.0
+    t = np.array([-1e5, -1e4, 1e4, 1e5])
+    d1, d2 = phi_prime(t, loss, K), phi_second(t, loss, K)
+    assert np.all(np.isfinite(d1)) and np.all(np.isfinite(d2))
+    # φ′ → 1/(K−1) − β as t → ∞ and → −β as t → −∞ (up to e^{−a} terms); φ″ → 0
+    if K == 2:
+        assert d1[-1] == pytest.approx(1.0 / (K - 1) - beta, rel=1e-12) and d1[0] == pytest.approx(-beta, abs=1e-300)
+        assert abs(d2[0]) < 1e-300 and abs(d2[-1]) < 1e-300
+    # the vectorised result equals the scalar one
+    assert [float(phi_prime(x, loss, K)) for x in t] == list(d1)
+
+
+def test_focal_gamma_zero_is_cross_entropy():
+    t = np.linspace(-500, 50, 1001)
+    for K in (2, 7, 1000):
+        np.testing.assert_array_equal(phi(t, FocalLoss(0.0), K), phi(t, CrossEntropy(), K))
+        np.testing.assert_allclose(phi_prime(t, FocalLoss(0.0), K), phi_prime(t, CrossEntropy(), K), rtol=1e-15)
+        np.testing.assert_allclose(phi_second(t, FocalLoss(0.0), K), phi_second(t, CrossEntropy(), K), rtol=1e-15)
+
+
+@needs_mpmath
+@pytest.mark.parametrize("K, gamma, value", [(24, 1.0, -2.9e-6), (20, 5.0, -3.8e-6), (57, 0.5, -1.9e-8)])
+def test_mild_nonconvexity_is_detected(K, gamma, value):
+    # docs/theory.md §4.5: second differences with a tolerance passed these as convex
+    mp = mpmath.mp
+    with mp.workdps(40):
+        ref = _phi2_mp_fl(0, K, gamma)
+        ref_diff = mp.diff(lambda x: _phi_mp(x, FocalLoss(gamma), K), mp.mpf(0), 2)
+        assert abs(ref - ref_diff) < mp.mpf(10) ** -30 * abs(ref)        # the two mpmath routes agree
+    assert float(ref) == pytest.approx(value, rel=0.05)
+    assert float(phi_second(0.0, FocalLoss(gamma), K)) == pytest.approx(float(ref), rel=1e-12)
+    assert not phi_is_convex(FocalLoss(gamma), K, 0.01)
+
+
+@needs_mpmath
+def test_convex_cases():
+    for K in (2, 3, 10, 100, 10_000):
+        assert phi_is_convex(CrossEntropy(), K, 0.01) and phi_is_convex(LabelSmoothing(0.5), K, 0.01)
+        assert phi_is_convex(FocalLoss(0.0), K, 0.01)
+    # FL γ = 2, K = 10: φ″ > 0 on all of t ≤ 0 at 30 digits (min over a grid reaching t = 0)
+    mp = mpmath.mp
+    with mp.workdps(30):
+        vals = [_phi2_mp_fl(mp.mpf(t), 10, 2.0) for t in np.linspace(-9 * 40, 0, 401)]
+    assert min(vals) > 0
+    assert phi_is_convex(FocalLoss(2.0), 10, 0.01)
+
+
+@needs_mpmath
+def test_convexity_family_matches_mpmath():
+    # K ∈ [2, 200], γ ∈ {0.5, 1, 2, 3, 5}: phi_is_convex against the sign of a 30-digit φ″ on t ≤ 0
+    mp = mpmath.mp
+    flips = 0
+    with mp.workdps(30):
+        for gamma in (0.5, 1.0, 2.0, 3.0, 5.0):
+            prev = True
+            for K in range(2, 201):
+                L = np.log(K - 1)
+                ts = [0] + [(K - 1) * (a - L) for a in np.linspace(L - 20, L, 21)[:-1]]
+                ref = all(_phi2_mp_fl(mp.mpf(t), K, gamma) >= 0 for t in ts)
+                assert phi_is_convex(FocalLoss(gamma), K, 0.01) == ref, (K, gamma)
+                flips += ref != prev
+                prev = ref
+    assert flips == 5        # each γ turns non-convex once, at K ≈ e^{2+1/γ} or above, and stays so
+
+
+@pytest.mark.parametrize("K", [2, 3, 5, 10, 50, 100, 1000])
+def test_scalar_optimum_matches_closed_form_to_round_off(K):
+    # Newton-polished scalar problem vs §4.4's closed form; FL with γ = 0 runs the FL code path on CE's φ
+    for r in (1e-6, 1e-3, 0.1, 0.5, 0.9, 0.99, 1.5):
+        c = r / K
+        for loss, alpha in ((CrossEntropy(), 0.0), (FocalLoss(0.0), 0.0), (LabelSmoothing(0.2), 0.2)):
+            m, f = ce_ls_closed_form(K, c, alpha)
+            t, f_num = scalar_optimum(loss, K, c)
+            assert f_num == pytest.approx(f, rel=1e-13), (loss, K, r)
+            assert -t / (K - 1) == pytest.approx(m, rel=1e-11 if r < 0.99 else 1e-9, abs=0), (loss, K, r)
+
+
+@needs_mpmath
+@pytest.mark.parametrize("K, gamma, c", [(4, 3.0, 5e-3 * np.sqrt(5)), (20, 2.0, 0.003), (100, 3.0, 0.0113),
+                                         (50, 3.0, 0.0238), (1000, 0.5, 1e-5), (24, 1.0, 0.04)])
+def test_scalar_optimum_focal_matches_mpmath(K, gamma, c):
+    # 30-digit reference: root of the high-precision derivative of φ(t) − ct, started at our t*
+    mp = mpmath.mp
+    loss = FocalLoss(gamma)
+    t, f = scalar_optimum(loss, K, c)
+    assert t < 0
+    with mp.workdps(30):
+        g = lambda x: _phi_mp(x, loss, K) - c * x
+        t_ref = mp.findroot(lambda x: mp.diff(g, x), mp.mpf(t))
+        f_ref = g(t_ref)
+    assert f == pytest.approx(float(f_ref), rel=1e-13)
+    assert t == pytest.approx(float(t_ref), rel=1e-12)
