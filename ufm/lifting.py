@@ -193,13 +193,23 @@ def _smooth(At, b, c: _Consts, loss: Loss):
     return jnp.sum(c.w * loss(_logits(At, b, c), jnp.arange(K)))
 
 
+def _host_svd(raw):
+    """numpy's SVD of the float64 matrix whose bytes are ``raw`` (K, K, 8), returned as bytes the same way."""
+    U, s, Vt = np.linalg.svd(np.ascontiguousarray(raw).view(np.float64)[..., 0], full_matrices=False)
+    return tuple(np.ascontiguousarray(a, dtype=np.float64)[..., None].view(np.uint8) for a in (U, s, Vt))
+
+
 def _svd(X, impl: str):
+    """Thin SVD, by jnp or (large K) by numpy in a host callback.
+
+    The callback trades raw bytes (uint8), not float64: XLA may run it on a worker thread where the scoped
+    ``jax.enable_x64`` is off, and jax then casts float64 results to float32 and refuses them (measured, K = 1000)."""
     if impl == "jnp":
         return jnp.linalg.svd(X, full_matrices=False)
     K = X.shape[0]
-    out = (jax.ShapeDtypeStruct((K, K), X.dtype), jax.ShapeDtypeStruct((K,), X.dtype),
-           jax.ShapeDtypeStruct((K, K), X.dtype))
-    return jax.pure_callback(lambda M: tuple(np.linalg.svd(np.asarray(M), full_matrices=False)), out, X)
+    u8 = lambda *shape: jax.ShapeDtypeStruct((*shape, 8), np.uint8)
+    out = jax.pure_callback(_host_svd, (u8(K, K), u8(K), u8(K, K)), jax.lax.bitcast_convert_type(X, jnp.uint8))
+    return tuple(jax.lax.bitcast_convert_type(a, jnp.float64) for a in out)
 
 
 def _svt(X, tau, impl: str):
@@ -383,11 +393,12 @@ def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode="regularized
     mu = math.sqrt(lam_W) * math.sqrt(lam_H)
     start = time.perf_counter()
     with jax.enable_x64(True):
-        c = _Consts(w=jnp.asarray(n / N), sqrt_n=jnp.asarray(np.sqrt(n)), sqrt_N=jnp.asarray(math.sqrt(N)),
-                    mu=jnp.asarray(mu), lam_b=jnp.asarray(lam_b))
-        zA, zb = jnp.zeros((K, K)), jnp.zeros(K)
-        state = _State(xA=zA, xb=zb, yA=zA, yb=zb, t=jnp.asarray(1.0), L=jnp.asarray(L0 or 1.0),
-                       best_F=jnp.asarray(np.inf), best_A=zA, best_b=zb, it=jnp.asarray(0))
+        # numpy inputs: building them with jnp would compile a small program per shape on the first call
+        f64 = functools.partial(np.asarray, dtype=np.float64)
+        c = _Consts(w=f64(n / N), sqrt_n=f64(np.sqrt(n)), sqrt_N=f64(math.sqrt(N)), mu=f64(mu), lam_b=f64(lam_b))
+        zA, zb = np.zeros((K, K)), np.zeros(K)
+        state = _State(xA=zA, xb=zb, yA=zA, yb=zb, t=f64(1.0), L=f64(L0 or 1.0), best_F=f64(np.inf), best_A=zA,
+                       best_b=zb, it=np.asarray(0, dtype=np.int64))
         run = functools.partial(_fista, loss=loss, mode=bias_mode, backtrack=L0 is None, impl=impl)
         bound = functools.partial(_lower_bound, loss=loss, kind=kind, mode=bias_mode, impl=impl)
         lower, it, chunk, status, previous = -np.inf, 0, 32, "max_iter", np.inf
@@ -396,7 +407,7 @@ def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode="regularized
             # between chunks (the next chunk is sized from the measured time per iteration)
             t0 = time.perf_counter()
             stop = min(it + chunk, max_iter)
-            state = run(state, c, jnp.asarray(stop))
+            state = run(state, c, np.asarray(stop, dtype=np.int64))
             value = float(state.best_F)
             if not (kind[0] == "minorant" and bias_mode == "free"):
                 # F is flat to second order at the optimum, so the best-F point can stop moving while the current
