@@ -157,13 +157,16 @@ def _lipschitz(kind: tuple) -> Optional[float]:
 
 
 class _Consts(NamedTuple):
-    """Traced data of one problem: class weights w_k = n_k/N, √n_k, √N, μ, λ_b (no recompile when they change)."""
+    """Traced data of one problem: class weights w_k = n_k/N, √n_k, √N, μ, λ_b and the bias mode as two flags
+    (``has_bias`` 1.0/0.0; ``free``), so that the λ's, the class sizes and the bias mode never recompile."""
 
     w: jax.Array
     sqrt_n: jax.Array
     sqrt_N: jax.Array
     mu: jax.Array
     lam_b: jax.Array
+    has_bias: jax.Array
+    free: jax.Array
 
 
 class _State(NamedTuple):
@@ -219,16 +222,16 @@ def _svt(X, tau, impl: str):
     return (U * s[None, :]) @ Vt, s
 
 
-def _prox_step(yA, yb, gA, gb, L, c: _Consts, mode: str, impl: str):
+def _prox_step(yA, yb, gA, gb, L, c: _Consts, impl: str):
     """The proximal gradient step of (L1) with step 1/L: SVT with threshold μ√N/L on Ã (μ‖A‖_* = μ√N‖Ã‖_*),
-    the exact prox of λ_b/2‖b‖² on b (v ↦ L v/(L + λ_b)), b held at 0 without a bias."""
+    the exact prox of λ_b/2‖b‖² on b (v ↦ L v/(L + λ_b); λ_b = 0 for a free bias), b held at 0 without one."""
     xA, s = _svt(yA - gA / L, c.mu * c.sqrt_N / L, impl)
-    xb = jnp.zeros_like(yb) if mode == "none" else (L * yb - gb) / (L + c.lam_b)
+    xb = c.has_bias * (L * yb - gb) / (L + c.lam_b)
     return xA, xb, s
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "mode", "backtrack", "impl"))
-def _fista(state: _State, c: _Consts, stop, *, loss, mode, backtrack, impl):
+@functools.partial(jax.jit, static_argnames=("loss", "backtrack", "impl"))
+def _fista(state: _State, c: _Consts, stop, *, loss, backtrack, impl):
     """FISTA with gradient restart (O'Donoghue & Candès 2015) on (L1) until ``state.it == stop``, in one compiled
     loop. With ``backtrack`` the step 1/L halves until the quadratic upper bound holds (user losses, whose
     curvature is unknown); otherwise L is the proven bound of :func:`_lipschitz` and never changes."""
@@ -238,7 +241,7 @@ def _fista(state: _State, c: _Consts, stop, *, loss, mode, backtrack, impl):
         s_y, (gA, gb) = value_and_grad(st.yA, st.yb, c, loss)
 
         def trial(L):
-            xA, xb, sv = _prox_step(st.yA, st.yb, gA, gb, L, c, mode, impl)
+            xA, xb, sv = _prox_step(st.yA, st.yb, gA, gb, L, c, impl)
             s_x = _smooth(xA, xb, c, loss)
             dA, db = xA - st.yA, xb - st.yb
             model = s_y + jnp.vdot(gA, dA) + jnp.vdot(gb, db) + 0.5 * L * (jnp.vdot(dA, dA) + jnp.vdot(db, db))
@@ -284,7 +287,13 @@ def _scale_to_ball(Theta, c: _Consts, impl: str):
     return jnp.where(norm > c.mu, c.mu / norm, 1.0)
 
 
-def _dual_softmax(At, b, c: _Consts, alpha, mode: str, impl: str):
+def _regularized_term(v, c: _Consts):
+    """ρ*(−v) = ‖v‖²/(2λ_b) for a regularised bias; 0 otherwise (free: v = 0 by construction; none: no b)."""
+    reg = c.lam_b > 0
+    return jnp.where(reg, jnp.sum(v**2) / (2.0 * jnp.where(reg, c.lam_b, 1.0)), 0.0)
+
+
+def _dual_softmax(At, b, c: _Consts, alpha, impl: str):
     """The value of (L2) at a feasible point built from the primal one, for L(z, k) = lse(z) − ⟨q_k, z⟩.
 
     L*(θ) = Σ_j p_j log p_j with p = θ + q_k in the simplex (+∞ elsewhere). Start from θ_k = ∇L(z_k) = p_k − q_k,
@@ -294,40 +303,31 @@ def _dual_softmax(At, b, c: _Consts, alpha, mode: str, impl: str):
     K = At.shape[0]
     Q = (1.0 - alpha) * jnp.eye(K) + alpha / K
     P = jax.nn.softmax(_logits(At, b, c), axis=-1)
-    if mode == "free":
-        qbar = c.w @ Q
-        r = c.w @ (P - Q)
-        D = P - r[None, :]
-        # largest t ∈ [0, 1] with t·D + (1 − t)·q̄ ≥ 0 entrywise
-        ratio = jnp.where(D < 0, qbar[None, :] / (qbar[None, :] - D), 1.0)
-        t = jnp.minimum(1.0, jnp.min(ratio))
-        P = jnp.maximum(t * D + (1.0 - t) * qbar[None, :], 0.0)
+    qbar = c.w @ Q
+    D = P - (c.w @ (P - Q))[None, :]
+    # free bias: the largest t ∈ [0, 1] with t·D + (1 − t)·q̄ ≥ 0 entrywise
+    ratio = jnp.where(D < 0, qbar[None, :] / (qbar[None, :] - jnp.minimum(D, 0.0)), 1.0)
+    t = jnp.minimum(1.0, jnp.min(ratio))
+    P = jnp.where(c.free, jnp.maximum(t * D + (1.0 - t) * qbar[None, :], 0.0), P)
     s = _scale_to_ball(P - Q, c, impl)
     P = s * P + (1.0 - s) * Q
-    value = -jnp.sum(c.w * jnp.sum(_xlogx(P), axis=1))
-    if mode == "regularized":
-        value = value - jnp.sum((c.w @ (P - Q)) ** 2) / (2.0 * c.lam_b)
-    return value
+    return -jnp.sum(c.w * jnp.sum(_xlogx(P), axis=1)) - _regularized_term(c.w @ (P - Q), c)
 
 
-def _dual_quadratic(At, b, c: _Consts, kappa, beta, mode: str, impl: str):
+def _dual_quadratic(At, b, c: _Consts, kappa, beta, impl: str):
     """The value of (L2) for the rescaled MSE (6), L(z, k) = Σ_j c_j (z_j − t_j)², c = 1 + (κ−1)e_k, t = βe_k:
     L*(θ) = ⟨θ, t⟩ + Σ_j θ_j²/(4c_j), finite everywhere, so the free-bias residual is subtracted uniformly."""
     K = At.shape[0]
     C = 1.0 + (kappa - 1.0) * jnp.eye(K)
     T = beta * jnp.eye(K)
     Theta = 2.0 * C * (_logits(At, b, c) - T)
-    if mode == "free":
-        Theta = Theta - (c.w @ Theta)[None, :]
+    Theta = jnp.where(c.free, Theta - (c.w @ Theta)[None, :], Theta)
     Theta = _scale_to_ball(Theta, c, impl) * Theta
     conj = jnp.sum(Theta * T, axis=1) + jnp.sum(Theta**2 / (4.0 * C), axis=1)
-    value = -jnp.sum(c.w * conj)
-    if mode == "regularized":
-        value = value - jnp.sum((c.w @ Theta) ** 2) / (2.0 * c.lam_b)
-    return value
+    return -jnp.sum(c.w * conj) - _regularized_term(c.w @ Theta, c)
 
 
-def _minorant_bound(At, b, F_best, c: _Consts, loss: Loss, mode: str, impl: str):
+def _minorant_bound(At, b, F_best, c: _Consts, loss: Loss, impl: str):
     """A lower bound on min F for a convex loss with L ≥ 0 and no known conjugate (user losses).
 
     Convexity gives F(A′, b′) ≥ s + ⟨G, A′ − A⟩ + ⟨g_b, b′ − b⟩ + μ‖A′‖_* + ρ(b′) (G = ∇_A s, A = √N Ã); with
@@ -337,19 +337,17 @@ def _minorant_bound(At, b, F_best, c: _Consts, loss: Loss, mode: str, impl: str)
     G = gAt / c.sqrt_N
     A = At * c.sqrt_N
     norm = _svd(G, impl)[1][0]
-    value = s - jnp.vdot(G, A) - jnp.maximum(norm - c.mu, 0.0) * F_best / c.mu
-    if mode == "regularized":
-        value = value - jnp.vdot(b, gb) - jnp.vdot(gb, gb) / (2.0 * c.lam_b)
-    return value
+    # b = 0 without a bias, and then g_b does not enter (no b′ to minimise over)
+    return s - jnp.vdot(G, A) - jnp.maximum(norm - c.mu, 0.0) * F_best / c.mu - jnp.vdot(b, gb) - _regularized_term(gb, c)
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "kind", "mode", "impl"))
-def _lower_bound(At, b, F_best, c: _Consts, *, loss, kind, mode, impl):
+@functools.partial(jax.jit, static_argnames=("loss", "kind", "impl"))
+def _lower_bound(At, b, F_best, c: _Consts, *, loss, kind, impl):
     if kind[0] == "softmax":
-        return _dual_softmax(At, b, c, kind[1], mode, impl)
+        return _dual_softmax(At, b, c, kind[1], impl)
     if kind[0] == "quadratic":
-        return _dual_quadratic(At, b, c, kind[1], kind[2], mode, impl)
-    return _minorant_bound(At, b, F_best, c, loss, mode, impl)
+        return _dual_quadratic(At, b, c, kind[1], kind[2], impl)
+    return _minorant_bound(At, b, F_best, c, loss, impl)
 
 
 # ----------------------------------------------------------------------------------------------- the driver
@@ -395,12 +393,13 @@ def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode="regularized
     with jax.enable_x64(True):
         # numpy inputs: building them with jnp would compile a small program per shape on the first call
         f64 = functools.partial(np.asarray, dtype=np.float64)
-        c = _Consts(w=f64(n / N), sqrt_n=f64(np.sqrt(n)), sqrt_N=f64(math.sqrt(N)), mu=f64(mu), lam_b=f64(lam_b))
+        c = _Consts(w=f64(n / N), sqrt_n=f64(np.sqrt(n)), sqrt_N=f64(math.sqrt(N)), mu=f64(mu), lam_b=f64(lam_b),
+                    has_bias=f64(bias_mode != "none"), free=np.asarray(bias_mode == "free"))
         zA, zb = np.zeros((K, K)), np.zeros(K)
         state = _State(xA=zA, xb=zb, yA=zA, yb=zb, t=f64(1.0), L=f64(L0 or 1.0), best_F=f64(np.inf), best_A=zA,
                        best_b=zb, it=np.asarray(0, dtype=np.int64))
-        run = functools.partial(_fista, loss=loss, mode=bias_mode, backtrack=L0 is None, impl=impl)
-        bound = functools.partial(_lower_bound, loss=loss, kind=kind, mode=bias_mode, impl=impl)
+        run = functools.partial(_fista, loss=loss, backtrack=L0 is None, impl=impl)
+        bound = functools.partial(_lower_bound, loss=loss, kind=kind, impl=impl)
         lower, it, chunk, status, previous = -np.inf, 0, 32, "max_iter", np.inf
         while True:
             # compiled chunks of doubling length: few certificate evaluations, and the time cap is honoured
