@@ -57,7 +57,7 @@ class Lifted:
     singular_values: np.ndarray
     iterations: int
     converged: bool
-    status: str                     # "converged", "max_iter", "max_seconds", or "stalled" (no bound available)
+    status: str                     # "converged", "max_iter", "max_seconds", "nonfinite", or "stalled" (no bound)
     seconds: float
     method: str
     counts: tuple
@@ -338,7 +338,8 @@ def _minorant_bound(At, b, F_best, c: _Consts, loss: Loss, impl: str):
     A = At * c.sqrt_N
     norm = _svd(G, impl)[1][0]
     # b = 0 without a bias, and then g_b does not enter (no b′ to minimise over)
-    return s - jnp.vdot(G, A) - jnp.maximum(norm - c.mu, 0.0) * F_best / c.mu - jnp.vdot(b, gb) - _regularized_term(gb, c)
+    linear = s - jnp.vdot(G, A) - jnp.maximum(norm - c.mu, 0.0) * F_best / c.mu
+    return linear - jnp.vdot(b, gb) - _regularized_term(gb, c)
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "kind", "impl"))
@@ -381,8 +382,13 @@ def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode="regularized
     lam_W, lam_H = _positive("--lam-w", lam_W), _positive("--lam-h", lam_H)
     lam_b = _check_bias(bias_mode, lam_b)
     loss = _convex_loss(loss, K)
-    if not (isinstance(tol, (int, float)) and tol >= 0):
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise UFMInputError("tol", tol, "must be a number ≥ 0")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise UFMInputError("max_iter", max_iter, "must be an integer ≥ 1")
+    if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
+                                    or not max_seconds > 0):
+        raise UFMInputError("max_seconds", max_seconds, "must be a number > 0, or None for no time limit")
     kind = _dual_kind(loss)
     L0 = _lipschitz(kind)
     impl = "jnp" if K < NUMPY_SVD_FROM_K else "numpy"
@@ -411,8 +417,12 @@ def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode="regularized
             if not (kind[0] == "minorant" and bias_mode == "free"):
                 # F is flat to second order at the optimum, so the best-F point can stop moving while the current
                 # iterate's gradient (hence its dual point) keeps improving: bound at both, keep the best bound
-                lower = max(lower, float(bound(state.best_A, state.best_b, state.best_F, c)),
-                            float(bound(state.xA, state.xb, state.best_F, c)))
+                for At, b in ((state.best_A, state.best_b), (state.xA, state.xb)):
+                    candidate = float(bound(At, b, state.best_F, c))
+                    lower = candidate if candidate > lower else lower        # a NaN bound is never taken
+            if not np.isfinite(value):
+                status = "nonfinite"        # the loss gave no finite value anywhere the solver went
+                break
             per_it = (time.perf_counter() - t0) / max(stop - it, 1)
             it = stop
             gap = value - lower
@@ -438,8 +448,8 @@ def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode="regularized
     rank = int(np.sum(sv > rank_rtol * sv[0])) if sv[0] > 0 else 0
     has_lower = np.isfinite(lower)
     return Lifted(
-        value=value, lower=float(lower) if has_lower else None, gap=float(gap) if has_lower else None, A=A, b=b,
-        rank=rank, rank_rtol=rank_rtol, singular_values=sv, iterations=it, converged=status == "converged",
+        value=value, lower=float(lower) if has_lower else None, gap=float(value - lower) if has_lower else None,
+        A=A, b=b, rank=rank, rank_rtol=rank_rtol, singular_values=sv, iterations=it, converged=status == "converged",
         status=status, seconds=time.perf_counter() - start, method=_method(kind, bias_mode), counts=counts, mu=mu,
         lam_b=lam_b, bias_mode=bias_mode, loss=loss.describe(),
     )
