@@ -324,6 +324,11 @@ def test_bad_input_is_refused(kwargs, flag):
     assert exc.value.flag == flag
 
 
+def test_bias_mode_defaults_from_lam_b():
+    assert lifted_optimum("ce", (3, 2), 1e-2, 1e-2, 1e-2).bias_mode == "regularized"
+    assert lifted_optimum("ce", (3, 2), 1e-2, 1e-2).bias_mode == "free"
+
+
 def test_public_names():
     assert ufm.lifted_optimum is lifted_optimum and ufm.Lifted is Lifted
     r = lifted_optimum("ce", (2, 2, 2, 2), 1e-2, 1e-2, 0.0, "free")

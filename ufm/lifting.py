@@ -98,7 +98,9 @@ def _positive(flag, value):
     return v
 
 
-def _check_bias(bias_mode, lam_b) -> float:
+def _check_bias(bias_mode, lam_b) -> tuple[str, float]:
+    if bias_mode is None and isinstance(lam_b, (int, float)) and not isinstance(lam_b, bool):
+        bias_mode = "regularized" if lam_b > 0 else "free"
     if bias_mode not in BIAS_MODES:
         raise UFMInputError("--bias", bias_mode, f"use one of {', '.join(BIAS_MODES)}")
     try:
@@ -111,7 +113,7 @@ def _check_bias(bias_mode, lam_b) -> float:
         raise UFMInputError("--lam-b", lam_b, "a regularised bias needs λ_b > 0 (λ_b = 0 is the 'free' mode)")
     if bias_mode == "free" and lam_b != 0:
         raise UFMInputError("--lam-b", lam_b, "a free bias is unpenalised: give λ_b = 0 or bias_mode 'regularized'")
-    return lam_b if bias_mode == "regularized" else 0.0
+    return bias_mode, (lam_b if bias_mode == "regularized" else 0.0)
 
 
 def _convex_loss(loss, K: int) -> Loss:
@@ -364,14 +366,15 @@ def _method(kind: tuple, mode: str) -> str:
     return f"Fenchel dual (L2) at a feasible point built from the best primal point ({kind[0]} conjugate)"
 
 
-def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode="regularized", *, tol=1e-12,
+def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode=None, *, tol=1e-12,
                    max_iter=200_000, max_seconds=None, rank_rtol=RANK_RTOL) -> Lifted:
     """min F of the lifted problem (L1) with a proven bracket [lower, value] (docs/theory.md §5.8).
 
     F(A, b) = Σ_k (n_k/N) L(A_{:k}/√n_k + b, k) + √(λ_W λ_H)‖A‖_* + ρ(b) equals the optimum of (7) for every
     d ≥ rank A* and bounds it from below for every d. ``loss`` is anything :func:`ufm.as_loss` accepts and must be
     convex in the logits (CE, LS, MSE, or a user function declared with ``fn.convex = True``); FL is refused.
-    ``counts`` are the class sizes n_k; ``bias_mode`` one of "regularized" (λ_b > 0), "free" (λ_b = 0), "none".
+    ``counts`` are the class sizes n_k; ``bias_mode`` one of "regularized" (λ_b > 0), "free" (λ_b = 0), "none";
+    None means "regularized" when λ_b > 0 and "free" when λ_b = 0 (as ``Problem.bias_mode``).
 
     Solved by FISTA with restart and singular-value thresholding, in float64, until the duality gap is at most
     ``tol``·max(1, |value|), ``max_iter`` iterations or ``max_seconds`` (checked between compiled chunks).
@@ -380,7 +383,7 @@ def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode="regularized
     counts = _counts(counts)
     K = len(counts)
     lam_W, lam_H = _positive("--lam-w", lam_W), _positive("--lam-h", lam_H)
-    lam_b = _check_bias(bias_mode, lam_b)
+    bias_mode, lam_b = _check_bias(bias_mode, lam_b)
     loss = _convex_loss(loss, K)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise UFMInputError("tol", tol, "must be a number ≥ 0")
