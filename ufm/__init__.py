@@ -19,6 +19,7 @@ _EXPORTS = {
     "theory": ("TheoryOptimum", "theory_optimum", "theory_point"),
     "critical": ("CriticalPoint", "Tolerances", "analyze_point", "mse_saddle_point", "origin"),
     "landscape": ("Census", "census", "escape"),
+    "lifting": ("Lifted", "lifted_optimum"),
     "grid": ("Grid", "SweepOptions", "build_grid"),
     "store": ("export_sweep", "load_sweep"),
     "sweep": ("SweepSummary", "run_sweep"),

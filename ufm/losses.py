@@ -39,6 +39,8 @@ class Loss:
     name: str = "loss"
     #: True when L(z + s·1) = L(z): a free bias then has a flat direction b ↦ b + s·1 (docs/theory.md §5.6).
     shift_invariant: bool = True
+    #: True when L(·, y) is convex in the logits: the convex lifting (ufm.lifting, docs/theory.md §5.8) then applies.
+    convex_in_logits: bool = True
 
     def __call__(self, z, labels):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -67,6 +69,7 @@ class FocalLoss(Loss):
 
     gamma: float = 2.0
     name = "fl"
+    convex_in_logits = False          # (1 − p_k)^γ breaks convexity in z for γ > 0 (docs/theory.md §5.1)
 
     def __post_init__(self):
         _check_finite("--gamma", self.gamma)
@@ -128,12 +131,19 @@ class UserLoss(Loss):
 
     No closed-form theory applies to it. ``shift_invariant`` says whether a free bias has the b ↦ b + s·1 flat
     direction; set it when you know (it only affects the expected zero-mode count of the landscape tools).
+    ``convex`` declares the loss convex in the logits (``fn.convex = True`` on the function sets it): ufm cannot
+    check it, and only then does the convex lifting (ufm.lifting) accept the loss.
     """
 
     fn: Callable = dataclasses.field(compare=True)
     label: str = "user"
     shift_invariant: bool = False
+    convex: bool = False
     name = "user"
+
+    @property
+    def convex_in_logits(self) -> bool:
+        return self.convex
 
     def __call__(self, z, labels):
         import contextlib
@@ -183,6 +193,11 @@ def _import_user_module(name: str):
             return importlib.import_module(name)
 
 
+def _declared_convex(fn) -> bool:
+    """The user's declaration ``fn.convex = True`` (exactly True: a truthy string is not a declaration)."""
+    return getattr(fn, "convex", False) is True
+
+
 def load_user_loss(spec: str) -> UserLoss:
     """Import ``package.module:function`` and wrap it as a :class:`UserLoss`."""
     module_name, sep, attr = spec.partition(":")
@@ -199,7 +214,7 @@ def load_user_loss(spec: str) -> UserLoss:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UFMInputError("--loss", spec, f"module {module_name!r} has no callable {attr!r}")
-    return UserLoss(fn=fn, label=spec)
+    return UserLoss(fn=fn, label=spec, convex=_declared_convex(fn))
 
 
 def as_loss(loss="ce", *, gamma=None, alpha=None, kappa=None, beta=None) -> Loss:
@@ -214,7 +229,7 @@ def as_loss(loss="ce", *, gamma=None, alpha=None, kappa=None, beta=None) -> Loss
             raise UFMInputError(f"--{next(iter(given))}", given[next(iter(given))], "pass loss parameters inside the Loss object")
         return loss
     if callable(loss):
-        return UserLoss(fn=loss, label=getattr(loss, "__name__", "user"))
+        return UserLoss(fn=loss, label=getattr(loss, "__name__", "user"), convex=_declared_convex(loss))
     if not isinstance(loss, str):
         raise UFMInputError("--loss", loss, f"use one of {', '.join(LOSS_NAMES)} or 'package.module:function'")
     key = loss.strip().lower()
