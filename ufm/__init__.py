@@ -17,6 +17,7 @@ _EXPORTS = {
     "report": ("save_npz", "solution_record"),
     "solvers": ("Solution", "Status", "init_params", "solve"),
     "theory": ("TheoryOptimum", "theory_optimum", "theory_point"),
+    "bounds": ("Bounds", "problem_bounds"),
     "critical": ("CriticalPoint", "Tolerances", "analyze_point", "mse_saddle_point", "origin"),
     "landscape": ("Census", "census", "escape"),
     "lifting": ("Lifted", "lifted_optimum"),

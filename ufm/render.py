@@ -132,14 +132,14 @@ def render_landscape(rec: dict) -> str:
         f, fs, br = p["objective"], p["theory_objective"], p.get("bounds") or {}
         if p["classification"] in ("not_critical", "nonfinite"):
             continue
-        if br.get("upper") is not None and not (fs is not None and br.get("method") == "closed_form"):
+        if fs is not None:
+            gap = f - fs if isinstance(f, (int, float)) and isinstance(fs, (int, float)) else None
+            lines.append(f"{'':10}  theory optimum f* = {_num(fs, '.8f')}; gap {_num(gap, '.2e')}")
+        elif br.get("upper") is not None:
             gap = f - br["upper"] if isinstance(f, (int, float)) else None
             state = "certified" if br.get("certified") else "open"
             lines.append(f"{'':10}  optimum f* in [{_num(br.get('lower'), '.8f')}, {_num(br['upper'], '.8f')}] "
                          f"({br['method'].replace('_', ' ')}, {state}); f − upper {_num(gap, '.2e')}")
-        elif fs is not None:
-            gap = f - fs if isinstance(f, (int, float)) and isinstance(fs, (int, float)) else None
-            lines.append(f"{'':10}  theory optimum f* = {_num(fs, '.8f')}; gap {_num(gap, '.2e')}")
         elif br.get("lower") is not None:
             lines.append(f"{'':10}  optimum f* ≥ {_num(br['lower'], '.8f')} ({br['method'].replace('_', ' ')})")
     counts = {}
