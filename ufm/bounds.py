@@ -119,9 +119,14 @@ def _envelope_bounds(problem: Problem) -> Bounds:
                   upper_from=upper_from, detail=detail)
 
 
-@functools.lru_cache(maxsize=64)
 def problem_bounds(problem: Problem) -> Bounds:
-    """The bracket on the global optimum of ``problem`` (module docstring), computed once per problem."""
+    """The bracket on the global optimum of ``problem`` (module docstring), computed once per problem (a census and
+    its escapes judge many points of one problem)."""
+    return _problem_bounds(problem)
+
+
+@functools.lru_cache(maxsize=64)
+def _problem_bounds(problem: Problem) -> Bounds:
     loss = problem.loss
     if problem.lam_W <= 0 or problem.lam_H <= 0:
         return Bounds(None, None, "none", "bounds need λ_W > 0 and λ_H > 0")
