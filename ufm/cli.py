@@ -259,6 +259,9 @@ def main(argv=None) -> int:
         import jax
 
         jax.config.update("jax_enable_x64", True)   # before any computation: certification needs float64
+        from . import cache
+
+        cache.enable()                               # a repeated command loads its compiled programs (cache.py)
         return args.func(args)
     except UFMInputError as exc:
         sys.stderr.write(f"{prefix} {exc}\n")
