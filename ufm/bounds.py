@@ -28,8 +28,12 @@ import numpy as np
 from .losses import FocalLoss
 from .problem import Problem
 
-#: upper and lower agreeing to this relative accuracy certify the optimum (issue 10: 1e-8 relative)
+#: upper and lower agreeing to this relative accuracy certify the optimum (1e-8 relative), with an absolute floor
+#: at float64 round-off of the objective's sum, for optima near 0 (λ → 0)
 CERTIFY_RTOL = 1e-8
+CERTIFY_ATOL = 2e-14
+#: lower may exceed upper by round-off only (two float64 evaluations of one value); more is a contradiction
+ROUNDOFF_RTOL = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,18 +60,34 @@ class Bounds:
 
     def record(self) -> dict:
         gap = None if self.lower is None or self.upper is None else self.upper - self.lower
+        reason = self.reason
+        if contradicts(self.lower, self.upper):
+            reason += (f"; CONTRADICTION: the lower bound exceeds an attained value by {self.lower - self.upper:.3e}, "
+                       "so one of them is wrong (please report this problem)")
         return {"lower": self.lower, "upper": self.upper, "certified": self.certified, "method": self.method,
-                "rank": self.rank, "upper_from": self.upper_from, "gap": gap, "reason": self.reason,
-                "detail": self.detail}
+                "rank": self.rank, "upper_from": self.upper_from, "gap": gap, "reason": reason,
+                "contradiction": contradicts(self.lower, self.upper), "detail": self.detail}
+
+
+def _scale(lower: float, upper: float) -> float:
+    return max(abs(lower), abs(upper))
+
+
+def contradicts(lower: Optional[float], upper: Optional[float]) -> bool:
+    """A proven lower bound above an attained value, beyond round-off: one of the two is wrong."""
+    if lower is None or upper is None or not (math.isfinite(lower) and math.isfinite(upper)):
+        return False
+    return lower - upper > ROUNDOFF_RTOL * _scale(lower, upper) + CERTIFY_ATOL
 
 
 def certified(lower: Optional[float], upper: Optional[float]) -> bool:
+    """lower and upper agree to CERTIFY_RTOL (relative) or CERTIFY_ATOL, and do not contradict each other."""
     if lower is None or upper is None or not (math.isfinite(lower) and math.isfinite(upper)):
         return False
-    return upper - lower <= CERTIFY_RTOL * max(abs(lower), abs(upper), np.finfo(float).tiny)
+    return not contradicts(lower, upper) and upper - lower <= CERTIFY_RTOL * _scale(lower, upper) + CERTIFY_ATOL
 
 
-def _objective_of(problem: Problem, W, H, b) -> float:
+def objective_f64(problem: Problem, W, H, b) -> float:
     import jax
 
     from .model import Params, objective
@@ -88,16 +108,17 @@ def _lifting_bounds(problem: Problem) -> Bounds:
     upper, upper_from = None, None
     if problem.d >= lifted.rank:
         W, H, b = recover(lifted, problem.d, problem.lam_W, problem.lam_H, problem.counts, problem.bias)
-        upper, upper_from = _objective_of(problem, W, H, b), "lifted_point"
+        upper, upper_from = objective_f64(problem, W, H, b), "lifted_point"
         detail["lifted_point_objective"] = upper
         reason = (f"convex lifting (K×K nuclear-norm problem): its dual value is a lower bound, and d = {problem.d} ≥ "
                   f"rank {lifted.rank} of its solution, so the recovered point attains it")
     else:
         reason = (f"convex lifting: a lower bound only, since d = {problem.d} < rank {lifted.rank} of the lifted "
                   "solution (the rank constraint cuts it off)")
-    lower = None if lifted.lower is None else float(lifted.lower)
+    lower = None if lifted.lower is None or not math.isfinite(lifted.lower) else float(lifted.lower)
     if lower is None:
-        reason += f"; no dual bound was available ({lifted.status})"
+        reason = (f"convex lifting found no proven lower bound ({lifted.status}; {lifted.method})"
+                  + (f"; the recovered point (rank {lifted.rank} ≤ d) gives the upper bound" if upper is not None else ""))
     return Bounds(lower=lower, upper=upper, method="convex_lifting", reason=reason, rank=int(lifted.rank),
                   upper_from=upper_from, detail=detail)
 

@@ -120,6 +120,25 @@ def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances
             "attempts": attempts}
 
 
+def _judge_against_found(points: list, tolerances: Tolerances) -> None:
+    """Every point a census found (and every escape's landing) is an explicit point: the lowest objective among
+    them is one more upper bound on the optimum, so a second-order minimum above it is provably not global."""
+    found = [v for cp in points for v in (cp.objective, (cp.escape or {}).get("objective"))
+             if v is not None and math.isfinite(v)]
+    if not found:
+        return
+    best = min(found)
+    above = lambda f: f > best + tolerances.obj_tol * max(1.0, abs(best))
+    for cp in points:
+        if cp.classification == "local_minimizer" and above(cp.objective):
+            cp.classification = "spurious_local_minimizer"
+        if cp.bounds is not None and (cp.bounds.get("upper") is None or best < cp.bounds["upper"]):
+            cp.bounds = dict(cp.bounds, upper=best, upper_from="census")
+        esc = cp.escape
+        if esc and esc.get("classification") == "local_minimizer" and above(esc["objective"]):
+            esc["classification"] = "spurious_local_minimizer"
+
+
 @dataclasses.dataclass
 class Census:
     points: list                 # unique CriticalPoint's, in order of discovery
@@ -204,6 +223,7 @@ def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian:
             report(j, len(saddles), "escaping")
             cp.escape = escape(problem, cp, hessian=hessian, tolerances=tolerances)
         report(len(saddles), len(saddles), "escaping")
+    _judge_against_found(points, tolerances)
     return Census(points, starts, converged, time.perf_counter() - t0, solver=solver if isinstance(solver, str)
                   else getattr(solver, "name", str(solver)), seeds=(seed, seed + starts - 1), scales=run_scales,
                   statuses=statuses)

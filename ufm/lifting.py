@@ -30,6 +30,9 @@ from .problem import BIAS_MODES
 #: singular values ≤ RANK_RTOL · σ_max count as zero in ``Lifted.rank`` (thresholding leaves exact zeros, so the
 #: survivors are far above round-off)
 RANK_RTOL = 1e-8
+#: the gap is relative to max(|value|, this): relative down to optima of 1e-2, then absolute (tol·1e-2), so that an
+#: optimum as small as ~1e-6 (λ → 0) is still certified to 1e-8 relative, while round-off (~1e-16) stays below it
+GAP_FLOOR_SCALE = 1e-2
 
 #: at and above this K the SVD runs in numpy (LAPACK gesdd) through a callback: measured on a 2-core CPU, jnp's SVD
 #: inside the compiled loop is 22 µs vs 150 µs (callback) at K = 10 and about equal at K = 100–200, but 8.4 s vs
@@ -43,7 +46,7 @@ class Lifted:
 
     ``value`` is F at ``(A, b)``, the best primal point found; ``lower`` a lower bound on min F from weak duality
     (valid at any iteration), or None where no bound is available (a user loss with a free bias); ``gap`` =
-    value − lower. ``converged``: gap ≤ tol·max(1, |value|). ``rank`` counts the singular values of A above
+    value − lower. ``converged``: gap ≤ tol·max(|value|, GAP_FLOOR_SCALE). ``rank`` counts the singular values of A above
     ``rank_rtol``·σ_max. ``method`` names how ``lower`` was obtained and what it assumes.
     """
 
@@ -341,7 +344,9 @@ def _minorant_bound(At, b, F_best, c: _Consts, loss: Loss, impl: str):
     norm = _svd(G, impl)[1][0]
     # b = 0 without a bias, and then g_b does not enter (no b′ to minimise over)
     linear = s - jnp.vdot(G, A) - jnp.maximum(norm - c.mu, 0.0) * F_best / c.mu
-    return linear - jnp.vdot(b, gb) - _regularized_term(gb, c)
+    bound = linear - jnp.vdot(b, gb) - _regularized_term(gb, c)
+    # F < 0 somewhere proves L ≥ 0 false, and with it the bound on ‖A′‖_*: no bound rather than a wrong one
+    return jnp.where(F_best >= 0, bound, -jnp.inf)
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "kind", "impl"))
@@ -377,7 +382,7 @@ def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode=None, *, tol
     None means "regularized" when λ_b > 0 and "free" when λ_b = 0 (as ``Problem.bias_mode``).
 
     Solved by FISTA with restart and singular-value thresholding, in float64, until the duality gap is at most
-    ``tol``·max(1, |value|), ``max_iter`` iterations or ``max_seconds`` (checked between compiled chunks).
+    ``tol``·max(|value|, GAP_FLOOR_SCALE), ``max_iter`` iterations or ``max_seconds`` (checked between compiled chunks).
     ``lower`` is the dual value (L2) of a feasible point, so it is a valid bound whatever the solver reached.
     """
     counts = _counts(counts)
@@ -429,10 +434,10 @@ def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode=None, *, tol
             per_it = (time.perf_counter() - t0) / max(stop - it, 1)
             it = stop
             gap = value - lower
-            if gap <= tol * max(1.0, abs(value)):
+            if gap <= tol * max(abs(value), GAP_FLOOR_SCALE):
                 status = "converged"
                 break
-            if not np.isfinite(lower) and previous - value <= tol * max(1.0, abs(value)):
+            if not np.isfinite(lower) and previous - value <= tol * max(abs(value), GAP_FLOOR_SCALE):
                 status = "stalled"          # no bound to certify with: stop when a whole chunk no longer helps
                 break
             previous = value

@@ -89,6 +89,8 @@ def _class_sizes(value, K):
         except ValueError:
             raise UFMInputError("-n", value, "must be one integer ≥ 1 or K comma-separated integers ≥ 1 "
                                 "(e.g. 100,100,10,10)") from None
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     if isinstance(value, (list, tuple, np.ndarray)):
         sizes = tuple(_int_at_least("-n", v, 1) for v in value)
         if len(sizes) != K:

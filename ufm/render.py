@@ -138,10 +138,10 @@ def render_landscape(rec: dict) -> str:
         elif br.get("upper") is not None:
             gap = f - br["upper"] if isinstance(f, (int, float)) else None
             state = "certified" if br.get("certified") else "open"
-            lines.append(f"{'':10}  optimum f* in [{_num(br.get('lower'), '.8f')}, {_num(br['upper'], '.8f')}] "
+            lines.append(f"{'':10}  optimum f* in [{_num(br.get('lower'), '.10g')}, {_num(br['upper'], '.10g')}] "
                          f"({br['method'].replace('_', ' ')}, {state}); f − upper {_num(gap, '.2e')}")
         elif br.get("lower") is not None:
-            lines.append(f"{'':10}  optimum f* ≥ {_num(br['lower'], '.8f')} ({br['method'].replace('_', ' ')})")
+            lines.append(f"{'':10}  optimum f* ≥ {_num(br['lower'], '.10g')} ({br['method'].replace('_', ' ')})")
     counts = {}
     for p in rec["critical_points"]:
         counts[p["classification"]] = counts.get(p["classification"], 0) + 1

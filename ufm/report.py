@@ -46,14 +46,20 @@ def _nc_or_nan(W, H, b, p) -> dict:
     return dict.fromkeys(NC_KEYS, float("nan"))
 
 
-def solution_bounds(problem, objective: float) -> dict:
+def solution_bounds(problem, objective: float, params=None) -> dict:
     """``bounds`` of a solve record: the proven bracket on the global optimum (bounds.py) with the solution as one
-    more explicit point, and where the solution stands in it (``solution_gap`` = f − lower)."""
-    from .bounds import problem_bounds
+    more explicit point, and where the solution stands in it (``solution_gap`` = f − lower). The bracket is float64:
+    the solution's f is re-evaluated in float64 (a float32 solve's own f can sit below the float64 optimum by its
+    round-off)."""
+    from .bounds import objective_f64, problem_bounds
 
+    if params is not None and objective is not None and math.isfinite(objective):
+        with np.errstate(all="ignore"):
+            objective = objective_f64(problem, *params)
     b = problem_bounds(problem).with_point(objective)
     rec = b.record()
     finite = objective is not None and math.isfinite(objective)
+    rec["solution_objective_f64"] = objective if finite else None
     rec["solution_gap"] = objective - b.lower if finite and b.lower is not None else None
     rec["solution_rel_gap"] = (rec["solution_gap"] / max(abs(b.lower), np.finfo(float).tiny)
                                if rec["solution_gap"] is not None else None)
@@ -73,7 +79,7 @@ def solution_record(sol: Solution) -> dict:
     else:
         theory["gap"] = theory["rel_gap"] = None
     record = {
-        "bounds": solution_bounds(p, sol.objective),
+        "bounds": solution_bounds(p, sol.objective, sol.params),
         "status": sol.status.name.lower(),
         "message": sol.message,
         "converged": sol.converged,
