@@ -77,6 +77,7 @@ def main():
     ap.add_argument("--lifted-repeats-1000", type=int, default=None, help="warm repeats at K ≥ 1000 (default --repeats)")
     ap.add_argument("--full-max-steps", type=int, default=10000)
     ap.add_argument("--warm-below", type=float, default=60.0, help="repeat the full solve only if its first took less")
+    ap.add_argument("--only", choices=("balanced", "imbalanced"), help="run one of the two cases per K")
     ap.add_argument("--write", default=str(RESULTS), help="Markdown output ('' to skip)")
     args = ap.parse_args()
     Ks = [int(k) for k in args.ks.split(",")]
@@ -95,6 +96,8 @@ def main():
     for K in Ks:
         lam, n_bal, imb = CASES[K]
         for label, n in (("balanced", n_bal), ("imbalanced", sizes(K, imb))):
+            if args.only and label != args.only:
+                continue
             prob = ufm.Problem.create(K, K, n, lam=lam)
             reps = args.repeats if K < 1000 or args.lifted_repeats_1000 is None else args.lifted_repeats_1000
             first, t_cold, t_warm, lif = time_lifted(prob, reps, args.lifted_max_seconds)
@@ -121,7 +124,7 @@ def main():
                       f"--full-max-steps {args.full_max_steps}"
                       + (f" --lifted-max-seconds {args.lifted_max_seconds:g}" if args.lifted_max_seconds else "")
                       + (f" --lifted-repeats-1000 {args.lifted_repeats_1000}" if args.lifted_repeats_1000 is not None
-                         else ""), ""] + rows) + "\n"
+                         else "") + (f" --only {args.only}" if args.only else ""), ""] + rows) + "\n"
     print("\n" + text)
     if args.write:
         os.makedirs(os.path.dirname(args.write), exist_ok=True)
