@@ -10,7 +10,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).parents[1]
-SCRIPTS = ["all_losses.py", "theory_boundary.py", "benign_landscape.py", "etf_geometry.py", "minority_collapse.py"]
+SCRIPTS = ["all_losses.py", "theory_boundary.py", "benign_landscape.py", "etf_geometry.py", "minority_collapse.py",
+           "fl_band.py"]
 
 
 @pytest.mark.slow
@@ -20,6 +21,7 @@ SCRIPTS = ["all_losses.py", "theory_boundary.py", "benign_landscape.py", "etf_ge
     ("benign_landscape.py", ["benign_landscape.md", "spectrum_ls_saddle.png", "slice_ls_saddle.png"]),
     ("etf_geometry.py", ["etf_k3.png", "etf_k4.png", "etf_geometry.md"]),
     ("minority_collapse.py", ["minority_collapse.md", "minority_collapse.csv", "minority_collapse.png"]),
+    ("fl_band.py", ["fl_band.md", "fl_band.csv", "fl_band.png"]),
 ])
 def test_quick_experiment(tmp_path, script, files):
     args = [sys.executable, str(ROOT / "experiments" / script), "--out", str(tmp_path), "--quick"]
