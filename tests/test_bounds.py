@@ -120,3 +120,25 @@ def test_sweep_rows_carry_the_bracket():
     assert row["status"] == "converged" and row["certified"] is True and row["bound_method"] == "convex_lifting"
     assert row["lower_bound"] <= row["objective"] <= row["upper_bound"] * (1 + 1e-12)
     assert abs(row["bound_rel_gap"]) <= 1e-9
+
+
+def test_a_capped_lifting_still_gives_a_proven_bound(monkeypatch):
+    import ufm.bounds as bounds
+
+    p = ufm.Problem.create(4, 6, (20, 20, 2, 2), lam=5e-3)
+    full = bounds.problem_bounds(p)
+    monkeypatch.setattr(bounds, "LIFTING_MAX_SECONDS", 1e-9)
+    bounds._problem_bounds.cache_clear()
+    try:
+        capped = bounds.problem_bounds(p)
+    finally:
+        bounds._problem_bounds.cache_clear()
+    assert "cap" in capped.reason and not capped.certified
+    assert capped.lower is None or capped.lower <= full.upper * (1 + 1e-14)
+
+
+def test_no_bounds_flag(capsys):
+    from ufm.cli import main
+
+    assert main(["solve", "-K", "3", "-d", "3", "-n", "2", "--lam", "1e-2", "--no-bounds", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bounds"] is None

@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_problem_flags(sp)
     sp.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    sp.add_argument("--no-bounds", action="store_true", help="skip the proven bracket on the optimum (the convex "
+                    "lifting: milliseconds at K ≤ 100, up to a minute at K = 1000); `bounds` is then null")
     sp.add_argument("--save", metavar="PATH.npz", help="write W, H, b, labels and the record to an .npz")
     sp.add_argument("--trace-every", type=_int_min(0), default=0, metavar="K",
                     help="with --save: keep every K-th iterate's NC metrics for `ufm plot dynamics` (default 0: off)")

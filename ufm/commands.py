@@ -102,7 +102,7 @@ def cmd_solve(args) -> int:
     sol = solve(problem, solver=args.solver, gtol=args.gtol, rtol=args.rtol, max_steps=args.max_steps, seed=args.seed,
                 init_scale=args.init_scale, dtype=args.dtype, lr=args.lr, trace_every=args.trace_every,
                 progress=SolveProgress(args.verbose))
-    rec = solution_record(sol)
+    rec = solution_record(sol, bounds=not args.no_bounds)
     emit(to_json(rec) if args.json else render_solution(rec))
     code = EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
     if args.save is not None:

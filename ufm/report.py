@@ -66,7 +66,7 @@ def solution_bounds(problem, objective: float, params=None) -> dict:
     return rec
 
 
-def solution_record(sol: Solution) -> dict:
+def solution_record(sol: Solution, bounds: bool = True) -> dict:
     """The result record of ``ufm solve --json``: status, f, ‖∇f‖, steps, norms, b, NC metrics, theory, config."""
     p = sol.problem
     W, H, b = sol.params
@@ -79,7 +79,7 @@ def solution_record(sol: Solution) -> dict:
     else:
         theory["gap"] = theory["rel_gap"] = None
     record = {
-        "bounds": solution_bounds(p, sol.objective, sol.params),
+        "bounds": solution_bounds(p, sol.objective, sol.params) if bounds else None,
         "status": sol.status.name.lower(),
         "message": sol.message,
         "converged": sol.converged,
