@@ -100,14 +100,17 @@ def test_certified_is_relative_and_needs_both_numbers():
 
 def test_human_output_names_each_kind_of_answer(capsys):
     from ufm.cli import main
+    from ufm.render import render_bounds
 
-    assert main(["solve", "-K", "3", "-d", "3", "-n", "4,2,1", "--lam", "1e-2"]) == 0
+    assert main(["solve", "-K", "3", "-d", "3", "-n", "4,2,1", "--lam", "1e-2"]) == 0        # through the command
     assert "certified optimum; the solution is at it" in capsys.readouterr().out
-    assert main(["solve", "-K", "4", "-d", "2", "-n", "3", "--lam", "5e-3"]) == 0
-    out = capsys.readouterr().out
-    assert "open bracket" in out and "a lower bound only, since d = 2 < rank" in out
-    assert main(["solve", "-K", "3", "-d", "3", "-n", "4,2,1", "--lam", "1e-2", "--loss", "fl"]) == 0
-    assert "bounds: no lower bound" in capsys.readouterr().out
+    bracket = problem_bounds(ufm.Problem.create(4, 2, 3, lam=5e-3)).record()
+    text = "\n".join(render_bounds(bracket))
+    assert "a lower bound only, since d = 2 < rank" in text and bracket["upper"] is None
+    text = "\n".join(render_bounds(dict(bracket, upper=bracket["lower"] + 0.1, gap=0.1, certified=False)))
+    assert "open bracket, width 1.000e-01" in text
+    none = problem_bounds(ufm.Problem.create(3, 3, (4, 2, 1), lam=1e-2, loss="fl")).record()
+    assert render_bounds(none)[0].startswith("bounds: no lower bound — focal loss with unequal class sizes")
 
 
 def test_sweep_rows_carry_the_bracket():

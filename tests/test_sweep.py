@@ -149,6 +149,7 @@ def test_bad_grid_input(tmp_path, capsys, args, flag):
     assert not (tmp_path / "b.db").exists() or ufm.load_sweep(tmp_path / "b.db").empty
 
 
+@pytest.mark.slow                   # the optional Dask executor: its cluster start-up is slow
 def test_dask_executor_gives_the_local_rows(tmp_path):
     pytest.importorskip("dask.distributed")
     grid = build_grid(flag_values=dict(K="3,4", d="3", n="2", lam="0.01,0.05", loss="ce,fl"))
@@ -159,6 +160,7 @@ def test_dask_executor_gives_the_local_rows(tmp_path):
     pd.testing.assert_frame_equal(local, dask, check_exact=False, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow                   # the optional Dask executor: its cluster start-up is slow
 def test_dask_executor_at_an_address(tmp_path):
     # an existing cluster on loopback, reached by its scheduler address, as `--executor dask --address` does
     distributed = pytest.importorskip("dask.distributed")

@@ -65,7 +65,8 @@ def enable(path: Optional[str] = None) -> Optional[str]:
         return None
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    min_seconds = float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", MIN_COMPILE_SECONDS))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
     warnings.filterwarnings("ignore", message=r"Error (reading|writing) persistent compilation cache")
     # spawned sweep workers start a fresh JAX: they read these at import
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
