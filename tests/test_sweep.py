@@ -73,7 +73,7 @@ def _sweep_cmd(store, workers):
             "--lam", "log:1e-2:1e-1:3", "--store", str(store), "--workers", str(workers), "--quiet"]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])   # 2 workers: CI's slow tier
 def test_sigkill_then_resume(tmp_path, workers):
     store = tmp_path / "k.db"
     proc = subprocess.Popen(_sweep_cmd(store, workers), start_new_session=True, stdout=subprocess.DEVNULL,

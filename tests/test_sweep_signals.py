@@ -84,6 +84,7 @@ def _kill_group(proc):
         pass
 
 
+@pytest.mark.slow                   # many worker processes, each starting JAX: CI's slow tier
 def test_a_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
     store = tmp_path / "w.db"
     proc = _start(store, "--workers", "2", "--quiet")
@@ -139,6 +140,7 @@ def _run_killer_sweep(tmp_path, losses, lams):
     return code, out, err, ufm.load_sweep(store)
 
 
+@pytest.mark.slow                   # many worker processes, each starting JAX: CI's slow tier
 def test_a_point_that_kills_its_worker_twice_is_an_error_row(tmp_path):
     code, out, err, df = _run_killer_sweep(tmp_path, "ce,killer_loss:loss", "0.01,0.02")
     assert code == 1, (code, out, err)                     # the run ends, and says that points failed
