@@ -86,7 +86,7 @@ class CriticalPoint:
     hessian_method: str
     zero_tol: float
     theory_objective: Optional[float]
-    bounds: Optional[dict]               # the bracket it was judged against (bounds.py), with its method
+    bounds: Optional[dict]               # second-order minima: the bracket they were judged against (bounds.py)
     certificate: Optional[dict]
     nc_direction: Optional[dict]
     x: np.ndarray = dataclasses.field(repr=False)
@@ -280,7 +280,6 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
         tangent = _finite_tangent(problem, x)
         th = theory_optimum(problem)
         f_star = th.objective if th.applies else None
-        lower, upper, bounds = judged_against(problem)
 
         min_eig = max_eig = min_perp = residual = ztol = nan
         n_neg = n_zero = min_space = theta = None
@@ -327,6 +326,12 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
                 n_neg = n_zero = min_space = theta = None
                 vmin = np.zeros_like(x)
 
+        # the bracket decides only between the kinds of second-order minimum: computed for those alone (the convex
+        # lifting compiles per loss and K, which a census of saddles need not pay)
+        bounds = None
+        lower = upper = None
+        if classify(f, gnorm, min_eig, min_perp, ztol, None, None, tolerances) == "local_minimizer":
+            lower, upper, bounds = judged_against(problem)
         cls = classify(f, gnorm, min_eig, min_perp, ztol, lower, upper, tolerances)
 
         direction = None
