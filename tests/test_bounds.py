@@ -145,3 +145,11 @@ def test_no_bounds_flag(capsys):
 
     assert main(["solve", "-K", "3", "-d", "3", "-n", "2", "--lam", "1e-2", "--no-bounds", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["bounds"] is None
+
+
+def test_mse_with_a_regularised_bias_has_no_closed_form_but_a_certified_optimum():
+    # theory gives nothing here (docs/theory.md §4.6); the lifting certifies the solve's value
+    p = ufm.Problem.create(4, 6, (6, 3, 1, 2), lam=1e-2, loss="mse", kappa=2.0, beta=1.5)
+    rec = solution_record(ufm.solve(p))
+    assert rec["theory"]["applies"] is False and rec["bounds"]["certified"] is True
+    assert abs(rec["bounds"]["solution_rel_gap"]) <= 1e-9
