@@ -67,11 +67,11 @@ def render_solution(rec: dict) -> str:
     if th["objective"] is not None:
         lines.append(f"{'gap':14}{_num(th['gap'], '.3e'):>22}  (relative {_num(th['rel_gap'], '.3e')})")
     lines.append(f"theory: {th['reason'] if th['applies'] or th['upper_bound_only'] else 'does not apply — ' + th['reason']}")
-    if rec.get("bounds"):
-        lines += render_bounds(rec["bounds"])
     if th["applies"]:
         lines.append(f"  geometry {th['geometry']}, logit margin {_num(th['margin'], '.6g')}, c = √(nλ_Wλ_H) = "
                      f"{_num(th['c'], '.4g')}")
+    if rec.get("bounds"):
+        lines += render_bounds(rec["bounds"])
     lines.append("")
     lines.append("neural collapse (0 = collapsed; — = undefined, e.g. W = 0 or a diverged solve):")
     keys = ["NC1", "NC2_W", "NC2_H", "NC3", "NC4", "NC2_W_uncentred", "NC2_H_uncentred", "bias_residual"]
