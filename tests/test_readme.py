@@ -30,6 +30,10 @@ from typing import Optional
 
 import pytest
 
+#: every README command is a fresh `ufm` process (each imports JAX and compiles): a multi-process end-to-end run,
+#: in the slow tier with the experiments (CI runs it: `python3 -m pytest -m slow`)
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 #: wall-clock limit of one README command (below the suite's per-test ceiling of 300 s in pyproject.toml)
