@@ -134,8 +134,12 @@ def _lifting_bounds(problem: Problem) -> Bounds:
 
 def _envelope_bounds(problem: Problem) -> Bounds:
     from .envelope import envelope_bound
+    from .theory import c_of
 
-    c = float(np.sqrt(problem.n) * np.sqrt(problem.lam_W) * np.sqrt(problem.lam_H))
+    c = c_of(problem)
+    if not (c > 0 and math.isfinite(c)):
+        return Bounds(None, None, "none", f"c = √(nλ_Wλ_H) = {c:g} is not a positive float64 number at these λ's: no "
+                      "envelope bound")
     env = envelope_bound(problem.loss, problem.K, c)
     detail = {"c": c, "slope": env.slope, "nc_value": env.nc_value, "t_nc": env.t_nc, "method": env.method}
     if problem.d >= problem.K - 1:

@@ -225,7 +225,7 @@ def classify(objective: float, grad_norm: float, min_eig: float, min_eig_deflate
     return "local_minimizer"         # inside the bracket, or (a contradiction, reported as measured) below it
 
 
-def judged_against(problem: Problem) -> tuple[Optional[float], Optional[float], dict]:
+def judged_against(problem: Problem, th=None) -> tuple[Optional[float], Optional[float], dict]:
     """The bracket a critical point of ``problem`` is classified with: the proven bounds (bounds.py), narrowed to the
     closed-form optimum where a theorem gives one (it is both a proven lower bound and attained by the NC point), so
     an unconverged lifting never demotes a point that theory certifies. Returns (lower, upper, record)."""
@@ -233,7 +233,7 @@ def judged_against(problem: Problem) -> tuple[Optional[float], Optional[float], 
 
     b = problem_bounds(problem)
     lower, upper = b.lower, b.upper
-    th = theory_optimum(problem)
+    th = theory_optimum(problem) if th is None else th
     rec = {"lower": lower, "upper": upper, "method": b.method}
     if th.applies and th.objective is not None and not certified(lower, upper):
         lower, upper = th.objective, th.objective
@@ -331,7 +331,7 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
         bounds = None
         lower = upper = None
         if classify(f, gnorm, min_eig, min_perp, ztol, None, None, tolerances) == "local_minimizer":
-            lower, upper, bounds = judged_against(problem)
+            lower, upper, bounds = judged_against(problem, th)
         cls = classify(f, gnorm, min_eig, min_perp, ztol, lower, upper, tolerances)
 
         direction = None

@@ -123,6 +123,8 @@ def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances
 def _judge_against_found(points: list, tolerances: Tolerances) -> None:
     """Every point a census found (and every escape's landing) is an explicit point: the lowest objective among
     them is one more upper bound on the optimum, so a second-order minimum above it is provably not global."""
+    from .bounds import certified
+
     found = [v for cp in points for v in (cp.objective, (cp.escape or {}).get("objective"))
              if v is not None and math.isfinite(v)]
     if not found:
@@ -133,7 +135,8 @@ def _judge_against_found(points: list, tolerances: Tolerances) -> None:
         if cp.classification == "local_minimizer" and above(cp.objective):
             cp.classification = "spurious_local_minimizer"
         if cp.bounds is not None and (cp.bounds.get("upper") is None or best < cp.bounds["upper"]):
-            cp.bounds = dict(cp.bounds, upper=best, upper_from="census")
+            cp.bounds = dict(cp.bounds, upper=best, upper_from="census",
+                             certified=certified(cp.bounds.get("lower"), best))
         esc = cp.escape
         if esc and esc.get("classification") == "local_minimizer" and above(esc["objective"]):
             esc["classification"] = "spurious_local_minimizer"

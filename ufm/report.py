@@ -49,8 +49,8 @@ def _nc_or_nan(W, H, b, p) -> dict:
 def solution_bounds(problem, objective: float, params=None) -> dict:
     """``bounds`` of a solve record: the proven bracket on the global optimum (bounds.py) with the solution as one
     more explicit point, and where the solution stands in it (``solution_gap`` = f − lower). The bracket is float64:
-    the solution's f is re-evaluated in float64 (a float32 solve's own f can sit below the float64 optimum by its
-    round-off)."""
+    given ``params`` (a float32 solve's), the solution's f is re-evaluated in float64, since its own f can sit below
+    the float64 optimum by its round-off."""
     from .bounds import objective_f64, problem_bounds
 
     if params is not None and objective is not None and math.isfinite(objective):
@@ -79,7 +79,8 @@ def solution_record(sol: Solution, bounds: bool = True) -> dict:
     else:
         theory["gap"] = theory["rel_gap"] = None
     record = {
-        "bounds": solution_bounds(p, sol.objective, sol.params) if bounds else None,
+        "bounds": (solution_bounds(p, sol.objective, None if sol.dtype == "float64" else sol.params)
+                   if bounds else None),
         "status": sol.status.name.lower(),
         "message": sol.message,
         "converged": sol.converged,

@@ -246,6 +246,12 @@ def phi_is_convex(loss, K: int, c: Optional[float] = None) -> bool:
     return bool(np.all(_psi_B(a, gamma) >= 0.0))
 
 
+def c_of(problem: Problem) -> float:
+    """c = √(n λ_W λ_H) of a balanced problem (docs/theory.md §4.2), square roots first: n·λ_W·λ_H underflows to 0
+    for λ's near 1e-160 while c itself is representable."""
+    return float(np.sqrt(problem.n) * np.sqrt(problem.lam_W) * np.sqrt(problem.lam_H))
+
+
 def _no_theory(reason):
     return TheoryOptimum(applies=False, reason=reason)
 
@@ -260,8 +266,7 @@ def theory_optimum(problem: Problem) -> TheoryOptimum:
     if not problem.balanced:
         return _no_theory(f"class sizes differ (n = {','.join(map(str, problem.counts))}): the closed forms need "
                           "balanced classes; the bounds (convex lifting, docs/theory.md) cover this case")
-    # square roots first: n·λ_W·λ_H underflows to 0 for λ's near 1e-160 while c itself is representable
-    c = float(np.sqrt(n) * np.sqrt(lam_W) * np.sqrt(lam_H))
+    c = c_of(problem)
     sc = float(np.sqrt(n) * np.sqrt(lam_H) / np.sqrt(lam_W))   # ‖W*‖_F² = sc·|t*| (docs/theory.md §4.3)
     if c == 0.0 or not np.isfinite(sc):
         return _no_theory(f"c = √(nλ_Wλ_H) underflows float64 at λ_W = {lam_W:g}, λ_H = {lam_H:g}: the optimum's "
