@@ -42,9 +42,10 @@ from .store import SweepStore, check_store
 EXECUTORS = ("local", "dask")
 BATCH_MODES = ("auto", "on", "off")
 #: where ``batch="auto"`` solves a shape's points together under vmap (ufm.batch), by backend. Measured with
-#: benchmarks/bench_batch.py (100 points of one shape, warm): on the 2-core CPU the vmapped program was slower than
-#: the loop (the loop's XLA already keeps both cores busy, and a batch runs until its slowest point stops), so the
-#: CPU keeps the loop; on a GPU the batch fills the device that one small solve leaves idle
+#: benchmarks/bench_batch.py (100 points of one shape, warm): on the 2-core CPU the vmapped program took 12.9× the
+#: loop's time (the loop's XLA already keeps both cores busy, and under vmap every point runs each inner loop as long
+#: as the slowest one), so the CPU keeps the loop; elsewhere the batch fills a device one small solve leaves idle
+#: (benchmarks/device.py measures both there)
 BATCH_AUTO = {"cpu": False}
 _SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 #: how long a Dask scheduler at --address may take to answer before the sweep gives up (exit 2)
