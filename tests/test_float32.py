@@ -46,3 +46,21 @@ def test_float32_cli_reports_its_tolerances(capsys):
     assert main(argv + ["--gtol", "1e-3", "--rtol", "1e-2"]) == 0
     out = capsys.readouterr().out
     assert "gtol 0.001" in out and "float32 tolerances" not in out
+
+
+def test_grad_Z_is_float64_outside_an_x64_scope():
+    """The second-order test compares σ_max(∇_Z g) with √(λ_Wλ_H) to 1e-6 relative: ∇_Z g must be float64 even when
+    called outside the solver's x64 scope (it was float32 there, and TF32 on a GPU made optima look like saddles)."""
+    from ufm.critical import _data_grad_Z
+
+    p = ufm.Problem.create(K=5, d=6, n=4, lam=1e-3)
+    rng = np.random.default_rng(1)
+    W, H, b = rng.standard_normal((5, 6)), rng.standard_normal((6, 20)), rng.standard_normal(5)
+    G = _data_grad_Z(p, W, H, b)
+    assert G.dtype == np.float64
+    Z = W @ H + b[:, None]
+    P = np.exp(Z - Z.max(axis=0))
+    P /= P.sum(axis=0)
+    Y = np.eye(5)[:, p.labels]
+    # CE: ∇_Z (1/N) Σ L = (softmax − one-hot)/N; float64 agreement to round-off
+    assert np.max(np.abs(G - (P - Y) / p.N)) <= 1e-15

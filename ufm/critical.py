@@ -113,7 +113,10 @@ def _data_grad_Z(problem: Problem, W, H, b):
         return data_term(Params(jnp.eye(problem.K), Z, None if b is None else jnp.asarray(b)),
                          dataclasses.replace(shape, d=problem.K))
 
-    return np.asarray(jax.grad(g)(jnp.asarray(W @ H)))
+    # float64 whoever calls: a float32 G (JAX's default outside an x64 scope; TF32 matmuls on a GPU) is off by 1e-7 to
+    # 1e-3 relative, more than the margin by which σ_max(G) is compared with √(λ_Wλ_H) at an optimum
+    with jax.enable_x64(True):
+        return np.asarray(jax.grad(g)(jnp.asarray(np.asarray(W, np.float64) @ np.asarray(H, np.float64))))
 
 
 def certificate(problem: Problem, W, H, b) -> Optional[dict]:
