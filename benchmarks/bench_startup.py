@@ -1,10 +1,13 @@
 """End-to-end wall time of `ufm` commands: cold (empty compilation cache), warm (the cache the cold run filled) and
-with the cache off (UFM_NO_CACHE=1), side by side in one run, plus `ufm --help` (which must not import JAX).
+with the cache off (UFM_NO_CACHE=1), side by side in one run, plus `ufm --help` (which must not import JAX), against
+the baseline of scipy's L-BFGS-B on a hand-written numpy objective (bench_solvers.py) at (K, d, n) = (10, 64, 100).
 
     python benchmarks/bench_startup.py [--repeats 3]
 
-Each number is the median over repeats of a fresh process (`python -m ufm ...`), so it includes interpreter start,
-imports, compilation (or loading it from the cache) and the work itself.
+Each number is the median over repeats of a fresh process (`python -m ufm ...`, or `python` running the scipy
+baseline), so it includes interpreter start, imports, compilation (or loading it from the cache) and the work
+itself. The in-process rows time the solve alone, as a library user inside one session sees it: ``ufm.solve`` once
+compiled (warm) against ``scipy.optimize.minimize``, both to ‖∇f‖ ≤ 1e-9 from the same start.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 
 COMMANDS = {
     "ufm solve (defaults: K=10 d=64 n=100)": ["solve"],
+    "ufm solve --no-bounds": ["solve", "--no-bounds"],
     "ufm solve -K 4 -d 6 -n 20,20,2,2": ["solve", "-K", "4", "-d", "6", "-n", "20,20,2,2"],
     "ufm landscape -K 4 -d 6 -n 5 --lam 5e-3": ["landscape", "-K", "4", "-d", "6", "-n", "5", "--lam", "5e-3"],
 }
@@ -54,6 +58,39 @@ def main():
         print(f"{name:44}{c:8.2f}{w:8.2f}{o:10.2f}{c / w:10.1f}×")
     helps = [_time(["--help"], base) for _ in range(args.repeats)]
     print(f"\nufm --help: {statistics.median(helps):.2f} s")
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = (f"import sys; sys.path.insert(0, {here!r}); import numpy as np, ufm; from bench_solvers import *; "
+              "p = ufm.Problem.create(K, d, n, lam=LAM); "
+              "x0 = np.concatenate([a.ravel() for a in ufm.init_params(p, seed=0, scale=0.1)]); "
+              "r = run_scipy(p, x0); assert r['status'] == 'converged', r; print(r['wall'])")
+    sp_proc, sp_solve = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=base)
+        sp_proc.append(time.perf_counter() - t0)
+        if r.returncode != 0:
+            raise SystemExit(f"scipy baseline failed: {r.stderr[-500:]}")
+        sp_solve.append(float(r.stdout.split()[-1]))
+    proc = statistics.median(sp_proc)
+    print(f"scipy L-BFGS-B, numpy f and ∇f, fresh process: {proc:.2f} s (its solve alone {statistics.median(sp_solve):.2f} s)")
+    _in_process(args.repeats, statistics.median(sp_solve), proc)
+
+
+def _in_process(repeats, scipy_solve, scipy_process):
+    """ufm.solve in this process, warm (compiled once before timing), against scipy's solve alone."""
+    import ufm
+
+    p = ufm.Problem.create(10, 64, 100, lam=5e-4)
+    ufm.solve(p)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sol = ufm.solve(p)
+        ts.append(time.perf_counter() - t0)
+    assert sol.converged and sol.grad_norm <= 1e-9
+    warm = statistics.median(ts)
+    print(f"\nin-process, warm ufm.solve (10, 64, 100): {warm:.3f} s = {warm / scipy_solve:.3f}× scipy's solve "
+          f"({scipy_solve:.2f} s) and {warm / scipy_process:.3f}× scipy's whole process")
 
 
 if __name__ == "__main__":
