@@ -183,8 +183,12 @@ def render_analysis(rec: dict) -> str:
         lines.append(f"{name:24}{_num(gap[key], '.3e'):>20}{_num(gap[key + '_uncentred'], '.3e'):>20}")
     src = {"closed_form": "closed form", "convex_lifting": "convex lifting"}.get(opt["source"], "none")
     state = "certified" if opt["certified"] else "NOT certified"
-    lines.append(f"optimum: {src}, {state} — {opt['reason']}" if opt["source"] else
-                 f"optimum: unknown — {opt['reason']}")
+    if not opt["source"]:
+        lines.append(f"optimum: unknown — {opt['reason']}")
+    elif opt["source"] == "convex_lifting" and rec.get("bounds"):
+        lines.append(f"optimum: {src}, {state} (the bracket below)")
+    else:
+        lines.append(f"optimum: {src}, {state} — {opt['reason']}")
     if rec.get("bounds"):
         # the bracket's explicit point here is the network's, not a solve's
         lines += [line.replace("the solution", "the given point").replace("(solution)", "(given point)")
