@@ -16,6 +16,7 @@ _EXPORTS = {
     "problem": ("Problem", "Reg"),
     "report": ("save_npz", "solution_record"),
     "solvers": ("Solution", "Status", "init_params", "solve"),
+    "batch": ("solve_batch",),
     "theory": ("TheoryOptimum", "theory_optimum", "theory_point"),
     "bounds": ("Bounds", "problem_bounds"),
     "critical": ("CriticalPoint", "Tolerances", "analyze_point", "mse_saddle_point", "origin"),

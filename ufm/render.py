@@ -50,6 +50,9 @@ def render_solution(rec: dict) -> str:
         f"— ‖∇f‖ = {_num(rec['grad_norm'], '.3e')} (gtol {_num(c['gtol'], 'g')}), scale-free "
         f"{_num(rec.get('rel_grad_norm'), '.1e')} (rtol {_num(c.get('rtol'), 'g')})",
     ]
+    if c.get("dtype") == "float32" and rec.get("tolerance_source") == "float32 defaults":
+        lines.append("  float32 tolerances (gtol 1e-4, rtol 1e-3: float32 cannot reach float64's): stationary at "
+                     "float32's scale; use --dtype float64 to certify")
     if rec["status"] != "converged":
         lines.append(f"  {rec['message']}")
     so = rec.get("second_order")
