@@ -25,6 +25,8 @@ _EXPORTS = {
     "grid": ("Grid", "SweepOptions", "build_grid"),
     "store": ("export_sweep", "load_sweep"),
     "sweep": ("SweepSummary", "run_sweep"),
+    "analysis": ("analyze",),
+    "lastlayer": ("LastLayer", "last_layer"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -421,3 +421,18 @@ def cmd_plot(args) -> int:
             os.unlink(tmp)
     print(f"wrote {args.output}")
     return EXIT_OK
+
+
+def cmd_analyze(args) -> int:
+    """``ufm analyze``: read the arrays, then ufm.analysis.analyze (the same code path as Python's ``ufm.analyze``)."""
+    from .analysis import analyze
+    from .lastlayer import load_arrays
+    from .render import render_analysis
+    from .report import to_json
+
+    arrays = load_arrays(args.file, **{name: getattr(args, f"file_{name}") for name in ("W", "H", "labels", "b")})
+    rec = analyze(arrays["W"], arrays["H"], arrays["labels"], arrays["b"], loss=args.loss, lam_W=args.lam_W,
+                  lam_H=args.lam_H, lam_b=args.lam_b, layout=args.layout, hessian=args.hessian or False,
+                  bounds=not args.no_bounds, gamma=args.gamma, alpha=args.alpha, kappa=args.kappa, beta=args.beta)
+    emit(to_json(rec) if args.json else render_analysis(rec))
+    return EXIT_OK
