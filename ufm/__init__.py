@@ -24,6 +24,9 @@ _EXPORTS = {
     "grid": ("Grid", "SweepOptions", "build_grid"),
     "store": ("export_sweep", "load_sweep"),
     "sweep": ("SweepSummary", "run_sweep"),
+    "deep": ("DeepParams", "DeepProblem", "deep_problem"),
+    "deep_theory": ("dnc_value", "dnc_point", "low_rank_search"),
+    "deep_report": ("deep_record",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
