@@ -36,7 +36,8 @@ def test_deep_record_json_and_human(capsys, tmp_path):
     # docs/theory.md §11.6: DNC is optimal at (K, n, L) = (4, 3, 2): the solve, DNC and the search agree
     assert th["dnc_objective"] == pytest.approx(0.07169435, abs=1e-8)
     assert abs(rec["objective"] - th["dnc_objective"]) <= 1e-9 and th["certified"] is False
-    assert th["low_rank"] is None and th["dnc_optimal_so_far"] is True and th["best_upper_from"] == "dnc"
+    assert th["low_rank"] is None and th["dnc_optimal_so_far"] is True
+    assert th["best_upper_from"] in ("dnc", "solution")       # equal to round-off: either may be the least
     layers = rec["deep_nc"]["layers"]
     assert [row["layer"] for row in layers] == [0, 1] and rec["deep_nc"]["logit_rank"] == 3
     for row in layers:        # deep neural collapse at every layer: ETF class means, next layer in their span
