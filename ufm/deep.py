@@ -164,38 +164,33 @@ def flatten(params: DeepParams, xp=jnp):
     return xp.concatenate(parts)
 
 
-def _int_list(flag, value, low):
+def _number_list(flag, value, cast, ok, allowed):
+    """A comma list, one number or a sequence → a tuple of ``cast`` numbers each passing ``ok``; else one-line
+    UFMInputError naming ``flag``."""
     if isinstance(value, str):
-        try:
-            value = [int(t) for t in value.split(",")]
-        except ValueError:
-            raise UFMInputError(flag, value, f"must be comma-separated integers ≥ {low}") from None
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = value.split(",")
+    elif isinstance(value, (int, float, np.integer, np.floating)):
         value = [value]
     try:
-        out = tuple(int(v) for v in value)
+        if any(isinstance(v, bool) for v in value):
+            raise ValueError
+        out = tuple(cast(v) for v in value)
+        if cast is int and any(not isinstance(v, str) and int(v) != v for v in value):
+            raise ValueError
     except (TypeError, ValueError):
-        raise UFMInputError(flag, value, f"must be integers ≥ {low}") from None
-    if any(isinstance(v, bool) or int(v) != v for v in value) or any(v < low for v in out):
-        raise UFMInputError(flag, value, f"must be integers ≥ {low}")
+        raise UFMInputError(flag, value, allowed) from None
+    if not out or not all(ok(v) for v in out):
+        raise UFMInputError(flag, value, allowed)
     return out
+
+
+def _int_list(flag, value, low):
+    return _number_list(flag, value, int, lambda v: v >= low, f"must be integers ≥ {low} (comma-separated)")
 
 
 def _float_list(flag, value):
-    if isinstance(value, str):
-        try:
-            value = [float(t) for t in value.split(",")]
-        except ValueError:
-            raise UFMInputError(flag, value, "must be comma-separated finite numbers ≥ 0") from None
-    if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
-        value = [value]
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise UFMInputError(flag, value, "must be finite numbers ≥ 0") from None
-    if any(not np.isfinite(v) or v < 0 for v in out):
-        raise UFMInputError(flag, value, "must be finite numbers ≥ 0")
-    return out
+    return _number_list(flag, value, float, lambda v: np.isfinite(v) and v >= 0,
+                        "must be finite numbers ≥ 0 (comma-separated)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .deep import DeepParams, DeepProblem, flatten, labels_of
+from .secondorder import verdict
 from .symmetry import RANK_ATOL, RANK_RTOL
 
 
@@ -76,10 +77,5 @@ def deep_second_order_check(problem: DeepProblem, params: DeepParams, rel_grad_n
         out["reason"] = ("W_1 has full column rank d: no shared null direction of W_1 and Hᵀ, so no explicit descent "
                          "direction at the input junction")
         return out
-    delta, predicted, smax = nc
-    margin = max(1e-6, 100.0 * float(rel_grad_norm if np.isfinite(rel_grad_norm) else 1.0))
-    out.update(checked=True, curvature=float(predicted / float(delta @ delta)), sigma_max_grad_Z=float(smax),
-               saddle=bool(smax > out["sqrt_lam_W_lam_H"] * (1.0 + margin)),
-               reason="explicit direction at the input junction, a ∈ null(W_1) ∩ null(Hᵀ) (docs/theory.md §11.5): "
-                      "curvature 2(√(λ_1λ_H) − σ_max(∇_M g))/‖Δ‖², M = W_1H")
-    return out
+    return verdict(out, nc, rel_grad_norm, "explicit direction at the input junction, a ∈ null(W_1) ∩ null(Hᵀ) "
+                   "(docs/theory.md §11.5): curvature 2(√(λ_1λ_H) − σ_max(∇_M g))/‖Δ‖², M = W_1H")
