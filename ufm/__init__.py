@@ -27,6 +27,9 @@ _EXPORTS = {
     "sweep": ("SweepSummary", "run_sweep"),
     "analysis": ("analyze",),
     "lastlayer": ("LastLayer", "last_layer"),
+    "deep": ("DeepParams", "DeepProblem", "deep_problem"),
+    "deep_theory": ("dnc_value", "dnc_point", "low_rank_search"),
+    "deep_report": ("deep_record",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

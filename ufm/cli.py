@@ -97,6 +97,19 @@ def add_problem_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="float64 certifies (default)")
 
 
+def add_depth_flags(p: argparse.ArgumentParser) -> None:
+    """The deep UFM's flags (docs/theory.md §12); --depth 1, the default, is eq. (7) unchanged."""
+    g = p.add_argument_group("depth (deep UFM, docs/theory.md §12)")
+    g.add_argument("--depth", type=_int_min(1), default=1, metavar="L",
+                   help="weight matrices after the features, L ≥ 1 (default 1: eq. (7))")
+    g.add_argument("--activation", choices=("linear", "relu"), default="linear",
+                   help="σ between the weight matrices (default linear)")
+    g.add_argument("--widths", metavar="D1[,D2…]", help="hidden widths d_1..d_{L−1}: one value for all, or L − 1 "
+                   "values (default d)")
+    g.add_argument("--lam-layers", metavar="λ1[,λ2…]", help="λ_1..λ_L of the weight matrices, one value for all or "
+                   "L values (default --lam-w, else --lam)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -108,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "example: ufm solve -K 4 -d 6 -n 5 --loss ls --alpha 0.1 --lam 5e-3 --json",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_problem_flags(sp)
+    add_depth_flags(sp)
     sp.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     sp.add_argument("--no-bounds", action="store_true", help="skip the proven bracket on the optimum (the convex "
-                    "lifting: milliseconds at K ≤ 100, up to a minute at K = 1000); `bounds` is then null")
+                    "lifting: milliseconds at K ≤ 100, up to a minute at K = 1000); `bounds` is then null; at "
+                    "--depth ≥ 2, skip the low-rank search instead")
     sp.add_argument("--save", metavar="PATH.npz", help="write W, H, b, labels and the record to an .npz")
     sp.add_argument("--trace-every", type=_int_min(0), default=0, metavar="K",
                     help="with --save: keep every K-th iterate's NC metrics for `ufm plot dynamics` (default 0: off)")

@@ -26,6 +26,13 @@ def problem_from_args(args):
     if args.no_bias and args.lam_b is not None:
         from .errors import UFMInputError
         raise UFMInputError("--lam-b", args.lam_b, "cannot be combined with --no-bias")
+    if getattr(args, "depth", 1) != 1 or getattr(args, "widths", None) or getattr(args, "lam_layers", None):
+        from .deep import deep_problem      # docs/theory.md §12; depth 1 stays eq. (7)'s Problem below
+
+        return deep_problem(args.K, args.d, args.n, depth=args.depth, activation=args.activation,
+                            widths=args.widths, lam=args.lam, lam_W=args.lam_W, lam_H=args.lam_H, lam_b=args.lam_b,
+                            lam_layers=args.lam_layers, bias=not args.no_bias, loss=args.loss, gamma=args.gamma,
+                            alpha=args.alpha, kappa=args.kappa, beta=args.beta)
     return Problem.create(
         args.K, args.d, args.n, lam=args.lam, lam_W=args.lam_W, lam_H=args.lam_H, lam_b=args.lam_b,
         bias=not args.no_bias, loss=args.loss, gamma=args.gamma, alpha=args.alpha, kappa=args.kappa, beta=args.beta,
@@ -99,10 +106,20 @@ def cmd_solve(args) -> int:
     as_solver(args.solver, lr=args.lr)
     _check_save_folder(args.save)
     problem = problem_from_args(args)
+    deep = hasattr(problem, "depth")
+    if deep and args.trace_every:
+        from .errors import UFMInputError
+        raise UFMInputError("--trace-every", args.trace_every, "applies only at --depth 1 (NC dynamics of eq. (7))")
     sol = solve(problem, solver=args.solver, gtol=args.gtol, rtol=args.rtol, max_steps=args.max_steps, seed=args.seed,
                 init_scale=args.init_scale, dtype=args.dtype, lr=args.lr, trace_every=args.trace_every,
                 progress=SolveProgress(args.verbose))
-    rec = solution_record(sol, bounds=not args.no_bounds)
+    if deep:
+        from .deep_report import deep_record, render_deep, save_deep_npz
+
+        rec = deep_record(sol, search=not args.no_bounds)
+        render_solution, save_npz = render_deep, save_deep_npz
+    else:
+        rec = solution_record(sol, bounds=not args.no_bounds)
     emit(to_json(rec) if args.json else render_solution(rec))
     code = EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
     if args.save is not None:

@@ -82,15 +82,20 @@ def stationarity_scale(x, g, reg, shape):
     that does not shrink with the λ's or the gradient's scale (docs/theory.md §7.2). Near the origin both shrink with
     ‖x‖ and the ratio stays O(1) even as the iterates converge to it (the trivial-collapse minimiser); the last
     term, the penalty gradient at unit parameter norm, keeps the ratio meaningful there."""
-    nW, nH, nb = shape.sizes
+    if hasattr(shape, "penalty_blocks"):        # a deep shape (ufm/deep.py) lists its own blocks
+        blocks, lam_min = shape.penalty_blocks(reg), shape.min_lam(reg)
+    else:
+        nW, nH, nb = shape.sizes
+        blocks = zip(((0, nW), (nW, nW + nH), (nW + nH, nW + nH + nb)), (reg.lam_W, reg.lam_H, reg.lam_b))
+        lam_min = jnp.minimum(reg.lam_W, reg.lam_H)
     pen2 = data2 = jnp.zeros((), x.dtype)
-    for (lo, hi), lam in zip(((0, nW), (nW, nW + nH), (nW + nH, nW + nH + nb)), (reg.lam_W, reg.lam_H, reg.lam_b)):
+    for (lo, hi), lam in blocks:
         if hi > lo:
             pen = lam * x[lo:hi]
             pen2 = pen2 + pen @ pen
             data = g[lo:hi] - pen
             data2 = data2 + data @ data
-    return jnp.sqrt(data2) + jnp.sqrt(pen2) + jnp.minimum(reg.lam_W, reg.lam_H)
+    return jnp.sqrt(data2) + jnp.sqrt(pen2) + lam_min
 
 
 def relative_stationarity(gnorm, scale):
@@ -163,7 +168,8 @@ def _advance(solver, carry: Carry, reg, shape, gtol, rtol, max_steps, n_iter, of
 
 def _derivatives(reg, shape):
     """f, (f, ∇f) and x ↦ (v ↦ ∇²f(x)v) (forward-over-reverse) for objective (7) at fixed λ's and shape."""
-    f = functools.partial(flat_objective, reg=reg, shape=shape)
+    # a deep shape (ufm/deep.py) carries its own flat objective; eq. (7)'s otherwise
+    f = functools.partial(getattr(shape, "flat_objective", flat_objective), reg=reg, shape=shape)
     grad = jax.grad(f)
     hvp_at = lambda x: (lambda v: jax.jvp(grad, (x,), (v,))[1])
     return f, jax.value_and_grad(f), hvp_at

@@ -81,6 +81,21 @@ def solution_record(sol: Solution, bounds: bool = True) -> dict:
     record = {
         "bounds": (solution_bounds(p, sol.objective, None if sol.dtype == "float64" else sol.params)
                    if bounds else None),
+        **run_fields(sol),
+        "W_fro_sq": _fro_sq(W),
+        "H_fro_sq": _fro_sq(H),
+        "b": None if b is None else list(map(float, b)),
+        "nc": _nc_or_nan(W, H, b, p),
+        "theory": theory,
+        "config": {**p.config(), "solver": sol.solver, "gtol": sol.gtol, "rtol": sol.rtol, "seed": sol.seed,
+                   "init_scale": sol.init_scale, "dtype": sol.dtype},
+    }
+    return json_safe(record)
+
+
+def run_fields(sol: Solution) -> dict:
+    """How the solve ended (status, f, ‖∇f‖, steps, time): the part of a record every model shares."""
+    return {
         "status": sol.status.name.lower(),
         "message": sol.message,
         "converged": sol.converged,
@@ -94,15 +109,7 @@ def solution_record(sol: Solution, bounds: bool = True) -> dict:
         "steps": sol.steps,
         "stage_steps": list(sol.stage_steps),
         "wall_time_s": sol.wall_time,
-        "W_fro_sq": _fro_sq(W),
-        "H_fro_sq": _fro_sq(H),
-        "b": None if b is None else list(map(float, b)),
-        "nc": _nc_or_nan(W, H, b, p),
-        "theory": theory,
-        "config": {**p.config(), "solver": sol.solver, "gtol": sol.gtol, "rtol": sol.rtol, "seed": sol.seed,
-                   "init_scale": sol.init_scale, "dtype": sol.dtype},
     }
-    return json_safe(record)
 
 
 def to_json(record: dict) -> str:

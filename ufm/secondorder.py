@@ -38,11 +38,16 @@ def second_order_check(problem, params, rel_grad_norm: float) -> dict:
         out["reason"] = ("W has full column rank d: no shared null direction of W and Hᵀ, so no explicit descent "
                          "direction; run `ufm landscape` for the Hessian")
         return out
+    return verdict(out, nc, rel_grad_norm, "explicit direction Δ with a ∈ null(W) ∩ null(Hᵀ) (docs/theory.md §5.3): "
+                   "curvature 2(√(λ_Wλ_H) − σ_max(∇_Z g))/‖Δ‖²")
+
+
+def verdict(out: dict, nc, rel_grad_norm: float, reason: str) -> dict:
+    """Fill ``out`` from an explicit direction ``nc`` = (Δ, predicted Δᵀ∇²fΔ, σ_max): a saddle only when σ_max
+    exceeds ``out["sqrt_lam_W_lam_H"]`` by more than the stationarity reached allows (also used at depth,
+    deep_landscape.py)."""
     delta, predicted, smax = nc
-    bound = out["sqrt_lam_W_lam_H"]
     margin = max(1e-6, 100.0 * float(rel_grad_norm if np.isfinite(rel_grad_norm) else 1.0))
     out.update(checked=True, curvature=float(predicted / float(delta @ delta)), sigma_max_grad_Z=float(smax),
-               saddle=bool(smax > bound * (1.0 + margin)),
-               reason="explicit direction Δ with a ∈ null(W) ∩ null(Hᵀ) (docs/theory.md §5.3): curvature "
-                      "2(√(λ_Wλ_H) − σ_max(∇_Z g))/‖Δ‖²")
+               saddle=bool(smax > out["sqrt_lam_W_lam_H"] * (1.0 + margin)), reason=reason)
     return out

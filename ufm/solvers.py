@@ -167,6 +167,7 @@ def solve(problem: Problem = None, *, solver="auto", gtol: Optional[float] = Non
     have = available_bytes()
     check_fits(problem, solver=solver_obj, dtype=dtype, max_steps=max_steps, trace_every=trace_every, have=have)
     shape = problem.shape
+    deep = hasattr(problem, "depth")       # a DeepProblem (ufm/deep.py) brings its own points; eq. (7) otherwise
     stages = solver_obj.stages if isinstance(solver_obj, Chain) else (solver_obj,)
     stage_gtol = solver_obj.stage_gtol if isinstance(solver_obj, Chain) else (None,)
     every = int(trace_every)
@@ -175,16 +176,20 @@ def solve(problem: Problem = None, *, solver="auto", gtol: Optional[float] = Non
     stride = every
     snapshot_budget = have // 4
     # without both penalties the data and total gradients coincide and the ratio is 1 everywhere: not a test
-    scale_free = problem.lam_W > 0 and problem.lam_H > 0
+    scale_free = problem.all_penalised if deep else problem.lam_W > 0 and problem.lam_H > 0
 
     t0 = time.perf_counter()
     # "highest": float32 matmuls in full float32 (a GPU would otherwise use TF32, whose ~1e-3 relative error sits
     # above the float32 tolerances); no effect on float64
     with jax.enable_x64(dtype == "float64"), jax.default_matmul_precision("highest"):
-        if init is None:
-            init = init_params(problem, seed, init_scale, dtype)
-        x = jnp.asarray(flatten(to_np_params(init, problem, dtype), xp=np), dtype=dtype)
-        reg = Reg(*(jnp.asarray(v, dtype) for v in problem.reg))
+        if deep:
+            init = problem.init_params(seed, init_scale, dtype) if init is None else init
+            x = jnp.asarray(problem.flatten(problem.to_np_params(init, dtype), xp=np), dtype=dtype)
+        else:
+            if init is None:
+                init = init_params(problem, seed, init_scale, dtype)
+            x = jnp.asarray(flatten(to_np_params(init, problem, dtype), xp=np), dtype=dtype)
+        reg = type(problem.reg)(*(jnp.asarray(v, dtype) for v in problem.reg))
         f_tr, g_tr, stage_steps, snaps, snap_steps = [], [], [], [], []
         steps_left = max_steps
         for i, stage in enumerate(stages):
@@ -243,10 +248,12 @@ def solve(problem: Problem = None, *, solver="auto", gtol: Optional[float] = Non
             if steps_left <= 0:
                 status = Status.MAX_STEPS
                 break
-        params = unflatten(np.asarray(x, dtype=np.float64), shape)
+        params = (problem.unflatten if deep else lambda y: unflatten(y, shape))(np.asarray(x, dtype=np.float64))
         objective, grad_norm, rel_grad_norm = float(carry.f), gnorm_now, rel_now
     second_order = None
     if status == Status.CONVERGED:
+        if deep:
+            from .deep_landscape import deep_second_order_check as second_order_check
         second_order = second_order_check(problem, params, rel_grad_norm)
         if second_order["saddle"]:
             status = Status.SADDLE
