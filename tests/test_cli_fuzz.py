@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ufm.cli import build_parser, main
 
-COMMANDS = ("solve", "landscape", "sweep", "plot")
+COMMANDS = ("solve", "landscape", "sweep", "plot", "analyze")
 
 
 def _subparser(name):
@@ -31,6 +31,13 @@ def _choice_actions(name):
 
 def _base_args(name, tmp):
     """The minimal valid arguments of a command, so that only the fuzzed flag is wrong."""
+    if name == "analyze":                # a valid last layer with a bias, so --lam-b applies
+        import numpy as np
+
+        layer = tmp / "layer.npz"
+        if not layer.exists():
+            np.savez(layer, W=np.eye(3, 4), H=np.eye(6, 4), labels=np.arange(6) % 3, b=np.zeros(3))
+        return [str(layer)]
     return {"plot": ["etf", str(tmp / "missing.npz"), "-o", str(tmp / "out.png")]}.get(name, [])
 
 
@@ -48,6 +55,9 @@ def no_work(monkeypatch, tmp_path):
     monkeypatch.setattr(ufm.critical, "analyze_point", reached)
     monkeypatch.setattr(ufm.landscape, "census", reached)
     monkeypatch.setattr(ufm.sweep, "evaluate_point", reached)
+    import ufm.analysis
+
+    monkeypatch.setattr(ufm.analysis, "_data_gradient", reached)
 
 
 def _exit_code(argv):
@@ -113,3 +123,4 @@ def test_the_fuzz_sees_the_flags_it_should():
         assert ("solve", f) in flags and ("landscape", f) in flags, f
     assert {("landscape", "--grad-tol"), ("landscape", "--zero-tol"), ("sweep", "--gtol"), ("sweep", "--max-steps"),
             ("plot", "--dpi")} <= flags
+    assert {("analyze", f) for f in ("--lam-w", "--lam-h", "--lam-b", "--gamma", "--alpha", "--kappa", "--beta")} <= flags

@@ -40,7 +40,7 @@ README = os.path.join(ROOT, "README.md")
 COMMAND_TIMEOUT_S = 240
 #: flags whose value is a file the command writes, and flags whose value is a file it reads
 OUTPUT_FLAGS = ("--save", "--store", "--export", "-o", "--output")
-INPUT_FLAGS = ("--config",)
+INPUT_FLAGS = ("--config", "--W", "--H", "--labels", "--b")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +62,8 @@ class Command:
             files |= _flag_values(argv, INPUT_FLAGS)
             if argv[:2] == ["ufm", "plot"]:                      # ufm plot KIND RESULT… : the results are inputs
                 files |= set(_positionals(argv[3:]))
+            if argv[:2] == ["ufm", "analyze"] and len(argv) > 2 and not argv[2].startswith("-"):
+                files.add(argv[2])                                # ufm analyze FILE …: the README puts FILE first
         return files
 
 

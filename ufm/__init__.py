@@ -16,6 +16,7 @@ _EXPORTS = {
     "problem": ("Problem", "Reg"),
     "report": ("save_npz", "solution_record"),
     "solvers": ("Solution", "Status", "init_params", "solve"),
+    "batch": ("solve_batch",),
     "theory": ("TheoryOptimum", "theory_optimum", "theory_point"),
     "bounds": ("Bounds", "problem_bounds"),
     "critical": ("CriticalPoint", "Tolerances", "analyze_point", "mse_saddle_point", "origin"),
@@ -24,6 +25,8 @@ _EXPORTS = {
     "grid": ("Grid", "SweepOptions", "build_grid"),
     "store": ("export_sweep", "load_sweep"),
     "sweep": ("SweepSummary", "run_sweep"),
+    "analysis": ("analyze",),
+    "lastlayer": ("LastLayer", "last_layer"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -47,6 +47,9 @@ class Bounds:
     rank: Optional[int] = None           # convex lifting: rank of the lifted solution (d ≥ rank ⇒ attained)
     upper_from: Optional[str] = None     # "lifted_point", "nc_point"
     detail: Optional[dict] = None        # the lifted / envelope computation's own numbers
+    #: convex lifting: the lifted solution itself (K×K), from which the optimum's Gram matrices and norms follow
+    #: (ufm.analyze compares a network's last layer with them) without a second lifting
+    lifted: Optional[object] = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def certified(self) -> bool:
@@ -129,7 +132,7 @@ def _lifting_bounds(problem: Problem) -> Bounds:
         reason = (f"convex lifting found no proven lower bound ({lifted.status}; {lifted.method})"
                   + (f"; the recovered point (rank {lifted.rank} ≤ d) gives the upper bound" if upper is not None else ""))
     return Bounds(lower=lower, upper=upper, method="convex_lifting", reason=reason, rank=int(lifted.rank),
-                  upper_from=upper_from, detail=detail)
+                  upper_from=upper_from, detail=detail, lifted=lifted)
 
 
 def _envelope_bounds(problem: Problem) -> Bounds:

@@ -12,7 +12,7 @@ import math
 import re
 import sys
 
-from .commands import EXIT_BAD_INPUT, EXIT_OK, PLOT_KINDS, cmd_landscape, cmd_plot, cmd_solve, cmd_sweep
+from .commands import EXIT_BAD_INPUT, EXIT_OK, PLOT_KINDS, cmd_analyze, cmd_landscape, cmd_plot, cmd_solve, cmd_sweep
 
 
 #: what argparse may take as a negative number rather than an option: with exponents, so that ``--lam-w -1e-3``
@@ -86,9 +86,10 @@ def add_problem_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-bias", action="store_true", help="drop b from the model")
     s = p.add_argument_group("solver")
     s.add_argument("--solver", default="auto", help="auto (Newton-CG, L-BFGS fallback) | lbfgs | newton | lm (any critical point) | gd | momentum | adam (default auto)")
-    s.add_argument("--gtol", type=_float, default=1e-9, help="stationary when ‖∇f‖ ≤ gtol (default 1e-9) and …")
-    s.add_argument("--rtol", type=_float, default=1e-6, help="… ‖∇f‖ ≤ rtol·(‖∇ data term‖ + ‖∇ penalty‖), a scale-free "
-                   "test (default 1e-6)")
+    s.add_argument("--gtol", type=_float, help="stationary when ‖∇f‖ ≤ gtol (default 1e-9; 1e-4 with --dtype float32) "
+                   "and …")
+    s.add_argument("--rtol", type=_float, help="… ‖∇f‖ ≤ rtol·(‖∇ data term‖ + ‖∇ penalty‖), a scale-free "
+                   "test (default 1e-6; 1e-3 with --dtype float32)")
     s.add_argument("--max-steps", type=_int_min(1), default=10000, help="bound on total solver updates (default 10000, at most 2³¹ − 1)")
     s.add_argument("--lr", type=_float, help="step size of gd / momentum / adam")
     s.add_argument("--seed", type=_int_min(0), default=0, help="initialisation seed (default 0)")
@@ -185,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     gx.add_argument("--workers", type=_int_min(1), help="worker processes (default: in-process on ≤ 2 cores or under 20 points, "
                     "else one per core up to the number of distinct shapes)")
     gx.add_argument("--executor", choices=("local", "dask"), help="local processes, or a Dask cluster (default local)")
+    gx.add_argument("--batch", choices=("auto", "on", "off"), help="solve each shape's points together under vmap "
+                    "when in-process (default auto: on a GPU/TPU, not on the CPU, where the loop measured faster)")
     gx.add_argument("--address", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster); "
                     "it runs the sweep's code: use only a scheduler you trust")
     gx.add_argument("--export", action="append", metavar="FILE", help="write the table as .csv or .parquet (repeatable)")
@@ -220,7 +223,49 @@ def build_parser() -> argparse.ArgumentParser:
                          "e.g. --where loss=ls --where n=5")
     pp.add_argument("--dpi", type=_int_min(1), default=130, help="raster resolution, 30..1200 (default 130)")
     pp.set_defaults(func=cmd_plot)
+    add_analyze_parser(sub)
     return parser
+
+
+def add_analyze_parser(sub) -> None:
+    """``ufm analyze``: a trained network's last layer as a point of (7) (ufm.analysis, docs/theory.md §11)."""
+    ap = sub.add_parser("analyze", help="NC metrics, UFM objective, stationarity and the gap to the UFM optimum of a "
+                        "trained network's last layer (W, b, features, labels)",
+                        description="Judge a trained network's last layer as a point of the UFM (7): every NC metric, "
+                                    "train accuracy,\nobjective (7) and its gradient per block, the UFM optimum for "
+                                    "the same K, d, class sizes,\nloss and λ's, and the gaps to it. Without --lam-h, "
+                                    "λ_H is estimated (networks do not penalise\nfeatures; docs/theory.md §11.2).\n\n"
+                                    "FILE is an .npz (numpy.savez) with arrays W (K×d), H (N×d features, one row per "
+                                    "sample;\n--layout columns for d×N), labels (N integers in 0..K−1, any order) "
+                                    "and optionally b (K).\n--W/--H/--labels/--b name .npy files instead (or "
+                                    "override the FILE's arrays).\n\n"
+                                    "examples:\n  ufm analyze last_layer.npz --loss ce --lam-w 5e-4\n"
+                                    "  ufm analyze --W W.npy --H feats.npy --labels y.npy --b b.npy --json",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("file", nargs="?", metavar="FILE", help=".npz with W, H, labels (and b)")
+    g = ap.add_argument_group("arrays")
+    for name, what in (("W", "classifier weights, K×d"), ("H", "features, N×d (or d×N with --layout columns)"),
+                       ("labels", "labels, N integers in 0..K−1"), ("b", "classifier bias, K")):
+        g.add_argument(f"--{name}", dest=f"file_{name}", metavar=f"{name}.npy", help=f".npy file of the {what}")
+    g.add_argument("--layout", choices=("rows", "columns"), default="rows",
+                   help="features as rows (N, d), the PyTorch/JAX habit (default), or columns (d, N)")
+    m = ap.add_argument_group("UFM objective (7) to judge the point with")
+    m.add_argument("--loss", default="ce", help="ce | fl | ls | mse | package.module:function (default ce)")
+    m.add_argument("--gamma", type=_float, help="FL focusing parameter γ ≥ 0 (default 2)")
+    m.add_argument("--alpha", type=_float, help="LS smoothing α in [0, 1) (default 0.1)")
+    m.add_argument("--kappa", type=_float, help="MSE true-class weight κ > 0 (default 1)")
+    m.add_argument("--beta", type=_float, help="MSE target scale β > 0 (default 1)")
+    m.add_argument("--lam-w", dest="lam_W", type=_float, help="λ_W, the weight decay on W (default 5e-4)")
+    m.add_argument("--lam-h", dest="lam_H", type=_float, help="λ_H (default: estimated, the λ_H at which the point is "
+                   "closest to stationary in H)")
+    m.add_argument("--lam-b", dest="lam_b", type=_float, help="λ_b (default λ_W); 0 means a free, unregularised bias")
+    o = ap.add_argument_group("output")
+    o.add_argument("--hessian", nargs="?", const="auto", choices=("auto", "dense", "lanczos"),
+                   help="also measure the Hessian spectrum at the point (auto: dense up to 4000 parameters)")
+    o.add_argument("--no-bounds", action="store_true", help="skip the convex lifting; compare with the closed forms "
+                   "only (`bounds` is then null)")
+    o.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    ap.set_defaults(func=cmd_analyze)
 
 
 class Terminated(KeyboardInterrupt):

@@ -145,9 +145,9 @@ def _progress(verbose: bool = False):
 #: the solve flags of `ufm landscape` and their defaults where a solve runs: the census runs LM to a tighter gtol
 #: with a short budget per start and cycles its start scales (landscape.CENSUS_SCALES) unless --init-scale is given
 _SOLVE_DEFAULTS = {
-    "solution": {"solver": "auto", "gtol": 1e-9, "rtol": 1e-6, "max_steps": 10000, "seed": 0, "init_scale": 0.1,
+    "solution": {"solver": "auto", "gtol": None, "rtol": None, "max_steps": 10000, "seed": 0, "init_scale": 0.1,
                  "dtype": "float64"},
-    "census": {"solver": "lm", "gtol": 1e-10, "rtol": 1e-6, "max_steps": 500, "seed": 0, "init_scale": None,
+    "census": {"solver": "lm", "gtol": None, "rtol": None, "max_steps": 500, "seed": 0, "init_scale": None,
                "dtype": "float64"},
 }
 _SOLVE_FLAGS = {"solver": "--solver", "gtol": "--gtol", "rtol": "--rtol", "max_steps": "--max-steps", "seed": "--seed",
@@ -166,8 +166,14 @@ def _landscape_options(args) -> dict:
                 raise UFMInputError(flag, getattr(args, key), "--at origin runs no solve; use it with --at solution "
                                     "or --at census")
         return {}
+    from .solvers import default_tolerances
+
     opts = {k: (v if getattr(args, k) is None else getattr(args, k)) for k, v in _SOLVE_DEFAULTS[args.at].items()}
     opts["lr"] = args.lr
+    # tolerances left open take the dtype's defaults; a float64 census asks LM for a tighter gtol (1e-10)
+    if opts["gtol"] is None and args.at == "census" and opts["dtype"] == "float64":
+        opts["gtol"] = 1e-10
+    opts["gtol"], opts["rtol"], _ = default_tolerances(opts["dtype"], opts["gtol"], opts["rtol"])
     if args.at == "census":
         opts["starts"] = 20 if args.starts is None else args.starts
     return opts
@@ -301,6 +307,7 @@ def cmd_sweep(args) -> int:
     store = setting("store", "ufm-sweep.db")
     workers = setting("workers", "auto")
     executor = setting("executor", "local")
+    batch = setting("batch", "auto")
     address = setting("address", None)
     quiet = args.quiet or file_values.get("quiet", False)
     verbose = args.verbose or file_values.get("verbose", False)
@@ -339,7 +346,7 @@ def cmd_sweep(args) -> int:
 
     try:
         summary = run_sweep(grid, store, workers=workers, executor=executor, address=address, on_point=on_point,
-                            log=log, command=_sweep_command_line(args))
+                            log=log, command=_sweep_command_line(args), batch=batch)
     finally:
         if bar is not None:
             bar.close()
@@ -413,4 +420,19 @@ def cmd_plot(args) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
     print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def cmd_analyze(args) -> int:
+    """``ufm analyze``: read the arrays, then ufm.analysis.analyze (the same code path as Python's ``ufm.analyze``)."""
+    from .analysis import analyze
+    from .lastlayer import load_arrays
+    from .render import render_analysis
+    from .report import to_json
+
+    arrays = load_arrays(args.file, **{name: getattr(args, f"file_{name}") for name in ("W", "H", "labels", "b")})
+    rec = analyze(arrays["W"], arrays["H"], arrays["labels"], arrays["b"], loss=args.loss, lam_W=args.lam_W,
+                  lam_H=args.lam_H, lam_b=args.lam_b, layout=args.layout, hessian=args.hessian or False,
+                  bounds=not args.no_bounds, gamma=args.gamma, alpha=args.alpha, kappa=args.kappa, beta=args.beta)
+    emit(to_json(rec) if args.json else render_analysis(rec))
     return EXIT_OK

@@ -333,13 +333,13 @@ def load_toml(path) -> dict:
 #: TOML keys that are not axes or options: how the sweep runs, each with the type it must have
 RUN_KEYS = {"store": "a file name", "workers": "an integer ≥ 1 or \"auto\"", "executor": "a string",
             "address": "a string", "export": "a file name or a list of them", "quiet": "true or false",
-            "json": "true or false", "verbose": "true or false"}
+            "json": "true or false", "verbose": "true or false", "batch": "\"auto\", \"on\" or \"off\""}
 
 
 def _check_run_key(k, v):
     ok = {"store": isinstance(v, str) and v.strip() != "",
           "workers": v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-          "executor": isinstance(v, str), "address": isinstance(v, str),
+          "executor": isinstance(v, str), "address": isinstance(v, str), "batch": v in ("auto", "on", "off"),
           "export": isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
           }.get(k, isinstance(v, bool))
     if not ok:

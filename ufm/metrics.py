@@ -93,14 +93,22 @@ def nc3(W, H, labels, K) -> float:
     return _gram_distance((W - W.mean(axis=0)) @ (M - mu_G[:, None]), K)
 
 
+#: entries of the d×chunk×K difference array nc4 holds at once (32 MB in float64)
+NC4_CHUNK_ENTRIES = 1 << 22
+
+
 def nc4(W, H, b, labels, K) -> float:
     """NC4 (Papyan et al.): the fraction of samples where argmax_k (W h + b)_k ≠ argmin_k ‖h − μ_k‖."""
     W = np.asarray(W, dtype=np.float64)
     H = np.asarray(H, dtype=np.float64)
     z = W @ H + (0.0 if b is None else np.asarray(b)[:, None])
     M, _ = class_means(H, labels, K)
-    dist = ((H[:, :, None] - M[:, None, :]) ** 2).sum(axis=0)       # N×K
-    return float(np.mean(np.argmax(z, axis=0) != np.argmin(dist, axis=1)))
+    # distances in chunks of samples: the d×N×K difference array of a network's features (d = 512, N = 5·10⁴,
+    # K = 10) would be 2 GB; each chunk is the same formula, so the result does not depend on the chunking
+    step = max(1, NC4_CHUNK_ENTRIES // (H.shape[0] * K))
+    nearest = np.concatenate([((H[:, i:i + step, None] - M[:, None, :]) ** 2).sum(axis=0).argmin(axis=1)
+                              for i in range(0, H.shape[1], step)])
+    return float(np.mean(np.argmax(z, axis=0) != nearest))
 
 
 def bias_residual(W, H, b) -> float:

@@ -50,6 +50,9 @@ def render_solution(rec: dict) -> str:
         f"— ‖∇f‖ = {_num(rec['grad_norm'], '.3e')} (gtol {_num(c['gtol'], 'g')}), scale-free "
         f"{_num(rec.get('rel_grad_norm'), '.1e')} (rtol {_num(c.get('rtol'), 'g')})",
     ]
+    if c.get("dtype") == "float32" and rec.get("tolerance_source") == "float32 defaults":
+        lines.append("  float32 tolerances (gtol 1e-4, rtol 1e-3: float32 cannot reach float64's): stationary at "
+                     "float32's scale; use --dtype float64 to certify")
     if rec["status"] != "converged":
         lines.append(f"  {rec['message']}")
     so = rec.get("second_order")
@@ -146,4 +149,61 @@ def render_landscape(rec: dict) -> str:
     for p in rec["critical_points"]:
         counts[p["classification"]] = counts.get(p["classification"], 0) + 1
     lines += ["", "summary: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no critical points")]
+    return "\n".join(lines)
+
+
+def render_analysis(rec: dict) -> str:
+    """A readable summary of ``ufm analyze``'s record: the point, its stationarity, the UFM optimum and the gaps, the
+    NC metrics. "—" where a number is missing (no optimum known, an undefined metric)."""
+    c, st, opt, gap, nc = rec["config"], rec["stationarity"], rec["optimum"], rec["gap"], rec["nc"]
+    loss = c["loss"] + ("" if not c["loss_params"] or c["loss"] not in ("fl", "ls", "mse")
+                        else "(" + ", ".join(f"{k}={v}" for k, v in c["loss_params"].items()) + ")")
+    rows_or_cols = "rows (N×d)" if rec["layout"] == "rows" else "columns (d×N)"
+    lam_H = _num(c["lam_H"], "g") + (" (estimated)" if rec["lam_H_estimated"] else "")
+    lines = [
+        f"last layer: K={c['K']} d={c['d']} N={c['N']}, class sizes {sizes_text(c['n'])}, features read as "
+        f"{rows_or_cols}",
+        f"UFM eq. (7): loss={loss} λ_W={_num(c['lam_W'], 'g')} λ_H={lam_H} bias={c['bias']}"
+        + (f" λ_b={_num(c['lam_b'], 'g')}" if c["bias"] == "regularized" else ""),
+    ]
+    fit = rec.get("lam_H_fit")
+    if fit:
+        lines.append(f"  λ_H estimate: {_num(fit['estimate'], '.6g')} (residual {_num(fit['residual'], '.2e')}; "
+                     f"balance λ_W‖W‖²/‖H‖² = {_num(fit['balance'], '.6g')})"
+                     + (f" — {fit['reason']}" if fit["fallback"] else "; pass --lam-h to fix it"))
+    lines.append(f"train accuracy {_num(100 * rec['train_accuracy'] if rec['train_accuracy'] is not None else None, '.2f')} %"
+                 f"; data term {_num(rec['data_term'], '.10g')}")
+    lines += ["", f"{'stationarity':14}{'‖∇f‖':>14}{'scale-free':>14}",
+              f"{'all':14}{_num(rec['grad_norm'], '.3e'):>14}{_num(rec['rel_grad_norm'], '.2e'):>14}"]
+    for name in ("W", "H", "b"):
+        if st.get(name):
+            lines.append(f"{name:14}{_num(st[name]['grad_norm'], '.3e'):>14}{_num(st[name]['rel_grad_norm'], '.2e'):>14}")
+    lines += ["", f"{'':24}{'given':>20}{'UFM optimum':>20}{'gap':>14}"]
+    for name, key in (("objective f", "objective"), ("‖W‖²_F", "W_fro_sq"), ("‖H‖²_F", "H_fro_sq")):
+        lines.append(f"{name:24}{_num(rec[key], '.12g'):>20}{_num(opt[key], '.12g'):>20}{_num(gap[key], '.3e'):>14}")
+    lines.append(f"{'Gram distance':24}{'centred':>20}{'uncentred':>20}")
+    for name, key in (("  classifier W Wᵀ", "W_gram_distance"), ("  class means MᵀM", "mean_gram_distance")):
+        lines.append(f"{name:24}{_num(gap[key], '.3e'):>20}{_num(gap[key + '_uncentred'], '.3e'):>20}")
+    src = {"closed_form": "closed form", "convex_lifting": "convex lifting"}.get(opt["source"], "none")
+    state = "certified" if opt["certified"] else "NOT certified"
+    if not opt["source"]:
+        lines.append(f"optimum: unknown — {opt['reason']}")
+    elif opt["source"] == "convex_lifting" and rec.get("bounds"):
+        lines.append(f"optimum: {src}, {state} (the bracket below)")
+    else:
+        lines.append(f"optimum: {src}, {state} — {opt['reason']}")
+    if rec.get("bounds"):
+        # the bracket's explicit point here is the network's, not a solve's
+        lines += [line.replace("the solution", "the given point").replace("(solution)", "(given point)")
+                  for line in render_bounds(rec["bounds"])]
+    lines += ["", "neural collapse (0 = collapsed; — = undefined; docs/theory.md §6):"]
+    keys = ["NC1", "NC2_W", "NC2_H", "NC3", "NC4", "NC2_W_uncentred", "NC2_H_uncentred", "bias_residual",
+            "W_equinorm", "W_equiangularity", "W_max_angle", "H_equinorm", "H_equiangularity", "H_max_angle"]
+    for i in range(0, len(keys), 4):
+        lines.append("  " + "  ".join(f"{k}={_num(nc[k], '.2e')}" for k in keys[i:i + 4]))
+    hs = rec.get("hessian")
+    if hs:
+        lines += ["", f"Hessian ({hs['hessian_method']}): {hs['classification']}; λ_min = {_num(hs['min_eig'], '.3e')}, "
+                  f"λ_min off the symmetry orbit = {_num(hs['min_eig_deflated'], '.3e')}, λ_max = "
+                  f"{_num(hs['max_eig'], '.3e')}"]
     return "\n".join(lines)

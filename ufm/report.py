@@ -89,6 +89,7 @@ def solution_record(sol: Solution, bounds: bool = True) -> dict:
         "rel_grad_norm": sol.rel_grad_norm,
         "gtol": sol.gtol,
         "rtol": sol.rtol,
+        "tolerance_source": sol.tolerance_source,
         "second_order": sol.second_order,
         "steps": sol.steps,
         "stage_steps": list(sol.stage_steps),

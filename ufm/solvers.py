@@ -24,7 +24,8 @@ from .model import Params, flatten, unflatten
 from .problem import Problem, Reg
 
 __all__ = ["LBFGS", "Chain", "FirstOrder", "LevenbergMarquardt", "MESSAGES", "NewtonCG", "SOLVER_NAMES", "Solution",
-           "Status", "_advance", "as_solver", "init_params", "solve"]
+           "Status", "_advance", "as_solver", "DEFAULT_TOLERANCES", "default_tolerances", "init_params",
+           "solve"]
 
 @dataclasses.dataclass(frozen=True)
 class Solution:
@@ -55,6 +56,7 @@ class Solution:
     rtol: float = 1e-6
     second_order: Optional[dict] = None            # secondorder.second_order_check at a stationary end point
     trace_stride: int = 0                          # steps between kept snapshots: trace_every, doubled when thinned
+    tolerance_source: str = "given"                # whether gtol/rtol were given or are the dtype's defaults
 
     @property
     def converged(self) -> bool:
@@ -77,14 +79,37 @@ MAX_SEED = 2**63 - 1
 MAX_STEPS = 2**31 - 1
 
 
-def _validate_run_args(seed, init_scale, gtol, max_steps, dtype, rtol=1e-6):
-    """Check the run options (not the problem) before any work; each failure names its flag."""
+#: the stationarity tolerances (gtol, rtol) a solve uses when none are given, per dtype. float64 certifies. float32
+#: cannot reach those: its floor, measured on 8 problems (K = 4…100, four losses, λ = 1e-5…1e-2, `python3
+#: benchmarks/bench_float32.py`), was ‖∇f‖ ≤ 6.1e-6 and a scale-free ratio ≤ 8.4e-5, so its defaults sit ~10× above
+#: the worst floor seen: stationary at float32's scale, said as such in every record
+DEFAULT_TOLERANCES = {"float64": (1e-9, 1e-6), "float32": (1e-4, 1e-3)}
+
+
+def default_tolerances(dtype: str, gtol=None, rtol=None) -> tuple[float, float, str]:
+    """(gtol, rtol, source): the given values, the dtype's defaults (DEFAULT_TOLERANCES) where None; ``source`` says
+    which ("given", "float32 defaults", "float64 defaults", or mixed)."""
+    g0, r0 = DEFAULT_TOLERANCES.get(dtype, DEFAULT_TOLERANCES["float64"])
+    if gtol is not None and rtol is not None:
+        source = "given"
+    elif gtol is None and rtol is None:
+        source = f"{dtype} defaults"
+    else:
+        source = f"{'rtol' if gtol is not None else 'gtol'} {dtype} default"
+    return (g0 if gtol is None else gtol), (r0 if rtol is None else rtol), source
+
+
+def _validate_run_args(seed, init_scale, gtol, max_steps, dtype, rtol=None):
+    """Check the run options (not the problem) before any work; each failure names its flag. A gtol or rtol of None
+    means the dtype's default (DEFAULT_TOLERANCES)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
         raise UFMInputError("--seed", seed, f"must be an integer in [0, {MAX_SEED}]")
     if isinstance(init_scale, bool) or not (isinstance(init_scale, (int, float, np.floating))
                                             and np.isfinite(init_scale) and init_scale >= 0):
         raise UFMInputError("--init-scale", init_scale, "must be a finite number ≥ 0")
     for flag, value in (("--gtol", gtol), ("--rtol", rtol)):
+        if value is None:
+            continue
         if isinstance(value, bool) or not (isinstance(value, (int, float, np.floating)) and np.isfinite(value)
                                            and value > 0):
             raise UFMInputError(flag, value, "must be a finite number > 0")
@@ -99,14 +124,17 @@ CHUNK_LENGTH = 256
 CHUNK_SECONDS = 0.25
 
 
-def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: float = 1e-6, max_steps: int = 10000,
+def solve(problem: Problem = None, *, solver="auto", gtol: Optional[float] = None, rtol: Optional[float] = None,
+          max_steps: int = 10000,
           seed: int = 0, init_scale: float = 0.1, init: Optional[Params] = None, dtype: str = "float64", lr=None,
           trace_every: int = 0, throw: bool = False, progress: Optional[Callable] = None,
           **problem_kwargs) -> Solution:
     """Minimise objective (7) for ``problem`` (or ``Problem.create(**problem_kwargs)``) to a stationary point.
 
     Stationary means both ‖∇f‖ ≤ ``gtol`` and ‖∇f‖ ≤ ``rtol``·(‖∇ data term‖ + ‖∇ penalty‖) (docs/theory.md §7.2): the
-    absolute test alone says little when the whole gradient is tiny (λ → 0). A stationary point is then tested for
+    absolute test alone says little when the whole gradient is tiny (λ → 0). Left as None they are the dtype's
+    defaults (DEFAULT_TOLERANCES: 1e-9 and 1e-6 in float64, 1e-4 and 1e-3 in float32, whose floor is far higher);
+    ``Solution.tolerance_source`` says which. A stationary point is then tested for
     an explicit descent direction (:mod:`ufm.secondorder`): a proven saddle ends with status SADDLE, not CONVERGED.
 
     ``solver``: ``auto`` (Newton-CG; on a stall L-BFGS then Newton-CG again), ``lbfgs``, ``newton``, ``lm``, ``gd``,
@@ -131,6 +159,7 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: f
     elif problem_kwargs:
         raise UFMInputError("problem", sorted(problem_kwargs), "pass either a Problem or its keyword arguments, not both")
     _validate_run_args(seed, init_scale, gtol, max_steps, dtype, rtol)
+    gtol, rtol, tolerance_source = default_tolerances(dtype, gtol, rtol)
     if isinstance(trace_every, bool) or not isinstance(trace_every, (int, np.integer)) or trace_every < 0:
         raise UFMInputError("--trace-every", trace_every, "must be an integer ≥ 0 (0: no snapshots)")
     solver_obj = as_solver(solver, lr=lr)
@@ -232,6 +261,7 @@ def solve(problem: Problem = None, *, solver="auto", gtol: float = 1e-9, rtol: f
         trace_steps=np.concatenate(snap_steps) if every else None,
         trace_params=np.concatenate(snaps).astype(np.float64) if every else None,
         rel_grad_norm=rel_grad_norm, rtol=float(rtol), second_order=second_order, trace_stride=stride,
+        tolerance_source=tolerance_source,
     )
     if throw and not sol.converged:
         raise NotConvergedError(sol)

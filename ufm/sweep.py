@@ -40,6 +40,12 @@ from .grid import Grid, SweepOptions, point_key, problem_of
 from .store import SweepStore, check_store
 
 EXECUTORS = ("local", "dask")
+BATCH_MODES = ("auto", "on", "off")
+#: where ``batch="auto"`` solves a shape's points together under vmap (ufm.batch), by backend. Measured with
+#: benchmarks/bench_batch.py (100 points of one shape, warm): on the 2-core CPU the vmapped program was slower than
+#: the loop (the loop's XLA already keeps both cores busy, and a batch runs until its slowest point stops), so the
+#: CPU keeps the loop; on a GPU the batch fills the device that one small solve leaves idle
+BATCH_AUTO = {"cpu": False}
 _SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 #: how long a Dask scheduler at --address may take to answer before the sweep gives up (exit 2)
 DASK_CONNECT_TIMEOUT_S = 10
@@ -57,9 +63,9 @@ def _options_columns(options: SweepOptions) -> dict:
                 init_scale=options.init_scale, analyze=options.analyze, census=options.census, hessian=options.hessian)
 
 
-def evaluate_point(point: dict, options: SweepOptions) -> dict:
+def evaluate_point(point: dict, options: SweepOptions, sol=None) -> dict:
     """Solve one grid point and measure it: the store's row (inputs and outputs). Never raises: a failure is a row
-    with status ``error`` and the message."""
+    with status ``error`` and the message. ``sol``: the point's solve, already done (a batch, ufm.batch)."""
     from .critical import analyze_point, origin, origin_min_eig_theory
     from .landscape import census
     from .report import solution_record
@@ -68,9 +74,10 @@ def evaluate_point(point: dict, options: SweepOptions) -> dict:
     t0 = time.perf_counter()
     row = dict(point, **_options_columns(options))
     try:
-        prob = problem_of(point)
-        sol = solve(prob, solver=options.solver, gtol=options.gtol, rtol=options.rtol, max_steps=options.max_steps,
-                    seed=point["seed"], init_scale=options.init_scale)
+        prob = problem_of(point) if sol is None else sol.problem
+        if sol is None:
+            sol = solve(prob, solver=options.solver, gtol=options.gtol, rtol=options.rtol, max_steps=options.max_steps,
+                        seed=point["seed"], init_scale=options.init_scale)
         rec = solution_record(sol)
         th = rec["theory"]
         row.update(status=rec["status"], converged=rec["converged"], objective=rec["objective"],
@@ -159,13 +166,16 @@ class SweepSummary:
     lost: int = 0                 # points this run could not compute (workers kept dying); not stored
     run: Optional[int] = None
     notes: list = dataclasses.field(default_factory=list)
+    batched: bool = False         # whether the solves ran batched under vmap (run_sweep's ``batch``)
 
     @property
     def ok(self) -> bool:
         return not (self.interrupted or self.failures or self.lost)
 
 
-def _check_run_args(executor, workers, address):
+def _check_run_args(executor, workers, address, batch="auto"):
+    if batch not in BATCH_MODES:
+        raise UFMInputError("--batch", batch, f"use one of {', '.join(BATCH_MODES)}")
     if executor not in EXECUTORS:
         raise UFMInputError("--executor", executor, f"use one of {', '.join(EXECUTORS)}")
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -213,7 +223,8 @@ def _grid_identity(grid: Grid) -> tuple[str, str]:
 
 def run_sweep(grid: Grid, store_path, *, workers: int = 1, executor: str = "local", address: Optional[str] = None,
               progress: Optional[Callable] = None, on_point: Optional[Callable] = None,
-              log: Optional[Callable[[str], None]] = None, command: Optional[str] = None) -> SweepSummary:
+              log: Optional[Callable[[str], None]] = None, command: Optional[str] = None,
+              batch: str = "auto") -> SweepSummary:
     """Compute every point of ``grid`` missing from the store at ``store_path`` (or stored as failed); return the
     summary of this grid.
 
@@ -221,8 +232,12 @@ def run_sweep(grid: Grid, store_path, *, workers: int = 1, executor: str = "loca
     stored; ``log(message)`` receives notes such as a worker's death; ``command`` is recorded in the store's ``runs``
     table (default: this process's command line). Bad input raises :class:`UFMInputError` before anything is computed
     or stored.
+
+    ``batch``: ``on`` solves the points of one shape together in one vmapped program (ufm.batch) when the sweep runs
+    in-process; ``auto`` does so where it measured faster (BATCH_AUTO: on accelerators, not on the CPU); ``off``
+    never. The summary's ``batched`` and notes say what was used. Rows are the same either way (to round-off).
     """
-    _check_run_args(executor, workers, address)
+    _check_run_args(executor, workers, address, batch)
     grid.validate()
     store_path = check_store(store_path)
     points = grid.points()
@@ -246,6 +261,9 @@ def run_sweep(grid: Grid, store_path, *, workers: int = 1, executor: str = "loca
         skipped = len(first_idx) - len(todo)
         if workers == "auto":
             workers = auto_workers(todo)
+        batched = _use_batch(batch, executor, workers, todo)
+        if batched:
+            note(f"batched: each shape's solves run together under vmap (--batch {batch}, backend {_backend()})")
         client = cluster = None
         if executor == "dask" and todo:
             client, cluster = _dask_client(address, workers)
@@ -275,6 +293,8 @@ def run_sweep(grid: Grid, store_path, *, workers: int = 1, executor: str = "loca
                 pass
             elif executor == "dask":
                 _run_dask(todo, grid.options, client, record, fail)
+            elif workers == 1 and batched:
+                _run_batched(todo, grid.options, record)
             elif workers == 1:
                 for i, p in todo:
                     record(i, evaluate_point(p, grid.options))
@@ -306,7 +326,7 @@ def run_sweep(grid: Grid, store_path, *, workers: int = 1, executor: str = "loca
     return SweepSummary(total=len(first_idx), skipped=skipped, computed=computed, failures=stats["failed"],
                         counts=stats["counts"], not_converged=stats["not_converged"], max_rel_gap=stats["max_rel_gap"],
                         wall_time=time.perf_counter() - t0, interrupted=interrupted, stored=stats["stored"],
-                        lost=len(lost), run=run, notes=notes)
+                        lost=len(lost), run=run, notes=notes, batched=batched)
 
 
 @contextlib.contextmanager
@@ -343,6 +363,48 @@ def _shape_groups(todo):
             last = key
         groups[-1].append((i, p))
     return groups
+
+
+def _backend() -> str:
+    import jax
+
+    return jax.default_backend()
+
+
+def _use_batch(batch: str, executor: str, workers, todo) -> bool:
+    """Batching runs in-process (one program per shape): with worker processes or Dask each point goes alone."""
+    if batch == "off" or executor != "local" or workers != 1 or not todo:
+        return False
+    return batch == "on" or BATCH_AUTO.get(_backend(), True)
+
+
+def _run_batched(todo, options: SweepOptions, record) -> None:
+    """Solve each shape's points together (ufm.batch.solve_batch, as many side by side as memory allows), then measure
+    each point as ``evaluate_point`` does. A batch that cannot run (a user loss jax.vmap cannot trace, memory) falls
+    back to one point at a time, which records any error as that point's row."""
+    from .batch import batch_size_that_fits, solve_batch
+
+    for group in _shape_groups(todo):
+        by_shape = {}
+        for i, p in group:
+            try:
+                prob = problem_of(p)
+            except Exception:                       # evaluate_point turns it into the point's error row
+                record(i, evaluate_point(p, options))
+                continue
+            by_shape.setdefault(prob.shape, []).append((i, p, prob))
+        for items in by_shape.values():
+            size = batch_size_that_fits(items[0][2], options.solver, max_steps=options.max_steps)
+            for start in range(0, len(items), size):
+                chunk = items[start:start + size]
+                try:
+                    sols = solve_batch([c[2] for c in chunk], [c[1]["seed"] for c in chunk], solver=options.solver,
+                                       gtol=options.gtol, rtol=options.rtol, max_steps=options.max_steps,
+                                       init_scale=options.init_scale)
+                except Exception:
+                    sols = [None] * len(chunk)
+                for (i, p, _), sol in zip(chunk, sols):
+                    record(i, evaluate_point(p, options, sol))
 
 
 def auto_workers(todo) -> int:
