@@ -147,7 +147,7 @@ def features(params, X):
 
     h = X
     for A, c in params["hidden"]:
-        h = jax.nn.relu(h @ A + c)
+        h = jax.nn.relu(h @ A + c[None, :])
     return h
 
 
@@ -171,7 +171,7 @@ def make_objective(loss, lam: float, X, y):
     import jax.numpy as jnp
 
     def objective(params):
-        z = features(params, X) @ params["W"].T + params["b"]
+        z = features(params, X) @ params["W"].T + params["b"][None, :]
         decay = sum(jnp.sum(p * p) for p in jax.tree_util.tree_leaves(params))
         return jnp.mean(loss(z, y)) + 0.5 * lam * decay
 
