@@ -207,6 +207,10 @@ def test_duck_typed_arrays_are_accepted():
     duck = ufm.analyze(DuckArray(W), DuckArray(H), DuckArray(y.astype(np.int32)), DuckArray(b), lam_W=1e-2,
                        bounds=False)
     assert duck == plain
+    import jax.numpy as jnp                      # JAX arrays (the other framework the issue names)
+
+    assert ufm.analyze(jnp.asarray(W), jnp.asarray(H), jnp.asarray(y), jnp.asarray(b), lam_W=1e-2,
+                       bounds=False) == plain
 
 
 def test_hessian_at_the_optimum_is_a_global_minimizer(capsys, tmp_path):
@@ -347,6 +351,10 @@ def test_bad_files_and_flags(capsys, tmp_path, no_work):
         code, out, err = run_cli(capsys, *argv)
         assert code == 2 and out == "" and err.count("\n") == 1, (argv, err)
         assert err.startswith(f"ufm analyze: error: {name}: ") and words in err, (argv, err)
+    # nothing to estimate λ_H from
+    np.savez(tmp_path / "zeroH.npz", W=good["W"], H=np.zeros_like(good["H"]), labels=good["labels"])
+    code, _, err = run_cli(capsys, str(tmp_path / "zeroH.npz"))
+    assert code == 2 and err.startswith("ufm analyze: error: --lam-h: ") and "H = 0" in err
     # --lam-b without a bias in the file
     np.savez(tmp_path / "nobias.npz", W=good["W"], H=good["H"], labels=good["labels"])
     code, _, err = run_cli(capsys, str(tmp_path / "nobias.npz"), "--lam-b", "1e-3")

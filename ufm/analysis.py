@@ -60,6 +60,10 @@ def _problem(layer: LastLayer, loss, lam_W, lam_H, lam_b, loss_params):
         if not ok:
             raise UFMInputError("--lam-w", lam_W, "estimating λ_H needs λ_W > 0 (with λ_W = 0 < λ_H, eq. 7 has no "
                                 "minimiser); give --lam-h too")
+        for name, a in (("H", layer.H), ("W", layer.W)):
+            if not np.any(a):
+                raise UFMInputError("--lam-h", None, f"cannot be estimated: {name} = 0 (no least-squares fit and no "
+                                    "balance value λ_W‖W‖²/‖H‖², docs/theory.md §11.2); give --lam-h")
     return Problem.create(layer.K, layer.d, layer.counts, lam=DEFAULT_LAM, lam_W=lam_W,
                           lam_H=lam_W if lam_H is None else lam_H, lam_b=lam_W if lam_b is None else lam_b,
                           bias=layer.b is not None, loss=loss,
@@ -142,6 +146,7 @@ def analyze(W, H, labels, b=None, *, loss="ce", lam_W=None, lam_H=None, lam_b=No
     compares with the closed forms only. Bad input raises :class:`UFMInputError` before any work.
     """
     from .critical import check_hessian
+    from .optimum import compare_with_optimum
     from .report import _fro_sq, _nc_or_nan, json_safe
 
     layer = last_layer(W, H, labels, b, layout=layout)
@@ -165,8 +170,6 @@ def analyze(W, H, labels, b=None, *, loss="ce", lam_W=None, lam_H=None, lam_b=No
     data_norm = math.sqrt(sum(float(np.sum(d * d)) for _, d, _ in blocks if d is not None))
     pen_norm = math.sqrt(sum(float(np.sum(p * p)) for _, d, p in blocks if d is not None))
     z = layer.W @ layer.H + (0.0 if layer.b is None else layer.b[:, None])
-
-    from .optimum import compare_with_optimum
     opt, gap, bounds_rec = compare_with_optimum(problem, layer, f, W_sq, H_sq, bounds=bounds)
     record = {
         "objective": f,
