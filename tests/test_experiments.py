@@ -85,11 +85,15 @@ def test_digits_network_objective_is_eq7_on_its_last_layer():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 64)).astype(np.float32)
     y = np.arange(40) % mod.K
-    params = mod.init_mlp(jax.random.PRNGKey(1), (64, 16, 12))
+    # the layout of mod.init_mlp, drawn with numpy (JAX's eager random ops compile one by one: seconds)
+    sizes = (64, 16, 12)
+    params = {"hidden": [(rng.normal(size=(a, c)).astype(np.float32) / np.sqrt(a), rng.normal(size=c).astype(np.float32))
+                         for a, c in zip(sizes[:-1], sizes[1:])],
+              "W": rng.normal(size=(mod.K, sizes[-1])).astype(np.float32), "b": rng.normal(size=mod.K).astype(np.float32)}
     lam, lam_H = 3e-3, 0.5
     hidden_sq = sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for layer in params["hidden"] for a in layer)
     for name, kw in mod.LOSSES:
-        f_net = float(mod.make_objective(ufm.as_loss(name, **kw), lam, X, y)(params))
+        f_net = float(jax.jit(mod.make_objective(ufm.as_loss(name, **kw), lam, X, y))(params))
         W, H, b = mod.last_layer(params, X)
         rec = ufm.analyze(W, H, y, b, loss=name, lam_W=lam, lam_b=lam, lam_H=lam_H, bounds=False, **kw)
         f_eq7 = rec["objective"] - 0.5 * lam_H * rec["H_fro_sq"]
