@@ -1,0 +1,267 @@
+"""Extreme eigenpairs of ∇²f without leaving the device: a thick-restart Lanczos that runs inside one jit.
+
+The host path (hessian.py) hands every Hessian-vector product to scipy's ARPACK, so on an accelerator each product
+crosses the bus twice. Here the whole eigensolve is one jit-compiled ``lax.while_loop``: the HVPs, the Krylov basis
+and the restarts stay where the point x lives, and only two Ritz pairs come back.
+
+Algorithm: thick-restart Lanczos (Wu & Simon, SIAM J. Matrix Anal. Appl. 22(2), 2000), mathematically the implicit
+restart with exact shifts that ARPACK runs. A cycle extends the orthonormal basis V = [Y; q; …] by Lanczos steps with
+full reorthogonalisation (classical Gram–Schmidt twice); the projected matrix VᵀAV comes from the Gram–Schmidt
+coefficients (Θ on the kept Ritz pairs Y, their couplings s in the first new column, tridiagonal below), and a restart
+keeps the ``keep`` Ritz vectors at the wanted end(s). Ritz pair j has the residual ‖A yⱼ − θⱼ yⱼ‖ = |β Sₘⱼ|; the
+wanted pairs are converged when that is ≤ rtol·‖A‖, ‖A‖ estimated by the largest |Ritz value| seen: a scale-free
+criterion, so a Hessian of norm 1e-3 is held to the same relative accuracy as one of norm 1e3. A Krylov breakdown (β at
+round-off level: an invariant subspace, common at an NC optimum whose spectrum is a few clusters) continues from a
+random vector orthogonal to the basis with coupling 0.
+
+Why not a library: benchmarks/bench_eigs.py measured the alternatives. ``jax.experimental.sparse.linalg.
+lobpcg_standard`` applies the operator to its whole [X, P, R] block every iteration (four products per iteration for
+one eigenpair) and needed 4–10× the HVPs; matfree's Lanczos/Arnoldi decompositions start from one vector and
+orthogonalise only against their own basis, so a thick restart around them loses orthogonality to the kept Ritz
+vectors at exactly those breakdowns and returned wrong eigenvalues (measured: λ_min⊥ = 0 where it is λ, residual 1e-4).
+
+The operators are those of hessian.py: ∇²f itself (both ends of its spectrum come from one run, so λ_min and λ_max
+need no separate solves; no shift is needed, because the criterion is relative to ‖∇²f‖ rather than to the eigenvalue,
+which is 0 at an NC minimum, docs/theory.md §9), and the orbit-deflated (I − P)∇²f(I − P) + σP of symmetry.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: Krylov basis size (P-vectors per cycle, kept Ritz vectors included) and Ritz vectors kept across a restart.
+#: Measured at the NC optimum and at random points (benchmarks/bench_eigs.py): 20 and 6 converge in one to three
+#: cycles at the NC optimum, where the spectrum is a few clusters; a larger basis buys little and costs 80 MB a vector
+#: at 10⁷ parameters.
+BASIS = 20
+KEEP = 6
+#: restart cycles before giving up (each costs BASIS − KEEP products): ≥ 7000 products, more than ARPACK's default
+MAX_CYCLES = 500
+#: P-vectors alive at the peak of one solve beyond the basis (BASIS + 1 rows) and the new Ritz vectors (KEEP): the
+#: Gram–Schmidt vector and its replacement at a breakdown, the start vector and the two returned Ritz vectors
+EXTRA_VECTORS = 6
+#: convergence: a Ritz pair's residual ≤ RTOL[dtype]·‖A‖. float64: 1e-10, the relative accuracy the ARPACK path asks
+#: for (tol = 1e-10), two orders below the 1e-8·‖∇²f‖ zero tolerance (critical.Tolerances) so that an eigenvalue's
+#: error (≤ its residual) cannot move it across ±zero_tol. float32: ε₃₂ ≈ 1.2e-7 and a Lanczos residual floors near
+#: ε·‖A‖·√m, so 1e-5 is reachable and still an order below float32's 1e-4·‖∇²f‖ zero tolerance.
+RTOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+def vectors_kept(basis: int = BASIS, keep: int = KEEP) -> int:
+    """P-vectors one JAX-native eigensolve keeps alive at its peak (for resources.py), HVP temporaries excluded."""
+    return basis + 1 + keep + EXTRA_VECTORS
+
+
+class LanczosResult(NamedTuple):
+    """The lowest and the highest kept Ritz pair of the last cycle (for ``which="min"`` both are low-end pairs, for
+    "max" both high-end), their residual estimates |β sⱼ|, the ‖A‖ estimate the tolerance was relative to, the
+    number of operator products and cycles, and whether the wanted end(s) met the tolerance."""
+
+    values: jax.Array          # (2,)
+    vectors: jax.Array         # (2, P) unit Ritz vectors
+    estimates: jax.Array       # (2,)
+    scale: jax.Array
+    matvecs: jax.Array
+    cycles: jax.Array
+    converged: jax.Array
+
+
+WHICH = {"min": 0, "max": 1, "both": 2}
+
+
+def _select(n: int, which, keep: int):
+    """Indices (ascending Ritz values of n) kept across a restart: the ``keep`` lowest, highest, or half from each
+    end; ``which`` is a code of WHICH, possibly traced (one compiled solver serves every end)."""
+    lo = keep // 2
+    both = jnp.concatenate([jnp.arange(lo), jnp.arange(n - (keep - lo), n)])
+    return jnp.where(which == 0, jnp.arange(keep), jnp.where(which == 1, jnp.arange(n - keep, n), both))
+
+
+def _wanted_error(estimates, which):
+    """The residual estimate that decides convergence: the wanted end's (both ends: the larger)."""
+    return jnp.where(which == 0, estimates[0], jnp.where(which == 1, estimates[-1],
+                                                          jnp.maximum(estimates[0], estimates[-1])))
+
+
+def thick_restart_lanczos(matvec, v0, *, which: str = "both", rtol=1e-10, scale=0.0, basis: int = BASIS,
+                          keep: int = KEEP, max_cycles: int = MAX_CYCLES) -> LanczosResult:
+    """Extreme eigenpairs of the symmetric operator ``matvec`` (traceable; call it inside jit).
+
+    ``which``: "min", "max" or "both" (the end(s) that must converge), or its WHICH code (may be traced). ``scale``: a known lower bound on ‖A‖ (the
+    tolerance is rtol·max(scale, max|Ritz value|)). ``basis`` ≤ len(v0) P-vectors per cycle, ``keep`` < basis Ritz
+    vectors carried across a restart. ``v0`` should be random (its rotations replace a Krylov breakdown)."""
+    P = v0.shape[0]
+    dtype = v0.dtype
+    basis = min(basis, P)
+    keep = max(2, min(keep, basis - 2))
+    which = jnp.asarray(WHICH[which] if isinstance(which, str) else which)
+    rtol = jnp.asarray(rtol, dtype)
+    eps = jnp.finfo(dtype).eps
+    rows = jnp.arange(basis + 1)
+
+    def orthogonalize(V, w, mask):
+        """w minus its projection on the rows of V where mask (classical Gram–Schmidt, twice: twice is enough)."""
+        h = mask * (V @ w)
+        w = w - h @ V
+        h2 = mask * (V @ w)
+        return w - h2 @ V, h + h2
+
+    def step(j, carry):
+        """One Lanczos step from row j of V: column j of the projected matrix, row j + 1 of V."""
+        V, Hc, beta, sc, cycles = carry
+        w = matvec(V[j])
+        mask = (rows <= j).astype(dtype)
+        w, h = orthogonalize(V, w, mask)
+        beta = jnp.linalg.norm(w)
+
+        def fresh(_):
+            # an invariant subspace (β at round-off level): continue from a random direction ⊥ the basis, coupling 0.
+            # It happens at the first steps at an NC optimum, whose spectrum is a few clusters (docs/theory.md §9)
+            # a generic direction without a PRNG in the loop (threefry doubles the compile time): the Gaussian start
+            # vector, rotated by an offset that differs at every breakdown
+            z, _ = orthogonalize(V, jnp.roll(v0, 7919 * (cycles * basis + j + 1) % P), mask)
+            z, _ = orthogonalize(V, z / jnp.linalg.norm(z), mask)
+            return z / jnp.linalg.norm(z), jnp.zeros((), dtype)
+
+        q, beta = jax.lax.cond(beta > eps * sc, lambda _: (w / beta, beta), fresh, None)
+        Hc = Hc.at[:, j].set(h[:basis])
+        return V.at[j + 1].set(q), Hc, beta, sc, cycles
+
+    def cycle(carry):
+        """Lanczos steps from row `start` to the end of the basis, then Rayleigh–Ritz and the restart."""
+        V, th, _, beta, sc, cycles, matvecs = carry
+        start = jnp.where(cycles == 0, 0, keep)
+        # the kept Ritz pairs are exact in the projected matrix: Θ on the diagonal, and their couplings to row
+        # `keep` come out of the first step's Gram–Schmidt coefficients (YᵀA q = s)
+        Hc = jnp.zeros((basis, basis), dtype).at[:keep, :keep].set(jnp.diag(th))
+        V, Hc, beta, sc, _ = jax.lax.fori_loop(start, basis, step, (V, Hc, beta, sc, cycles))
+        A = jnp.triu(Hc) + jnp.triu(Hc, 1).T
+        theta, S = jnp.linalg.eigh(A)
+        sc = jnp.maximum(sc, jnp.max(jnp.abs(theta)))
+        sel = _select(basis, which, keep)
+        Y = S[:, sel].T @ V[:basis]                          # (keep, P): the new Ritz vectors
+        V = V.at[:keep].set(Y).at[keep].set(V[basis])        # and the residual direction continues the basis
+        # kept pair j: ‖A yⱼ − θⱼ yⱼ‖ = |β S[-1, j]| (exact up to round-off with full reorthogonalisation)
+        return V, theta[sel], jnp.abs(beta * S[-1, sel]), beta, sc, cycles + 1, matvecs + basis - start
+
+    V = jnp.zeros((basis + 1, P), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    carry = (V, jnp.zeros(keep, dtype), jnp.full(keep, jnp.inf, dtype), jnp.zeros((), dtype),
+             jnp.asarray(scale, dtype), jnp.asarray(0), jnp.asarray(0))
+    unconverged = lambda c: _wanted_error(c[2], which) > rtol * c[4]
+    V, th, est, _, sc, cycles, matvecs = jax.lax.while_loop(
+        lambda c: (c[5] == 0) | ((c[5] < max_cycles) & unconverged(c)), cycle, carry)
+    ends = jnp.array([0, keep - 1])
+    return LanczosResult(th[ends], V[ends], est[ends], sc, matvecs, cycles, _wanted_error(est, which) <= rtol * sc)
+
+
+# --- the operators of hessian.py, on the device -------------------------------------------------------------------
+
+EIGENSOLVERS = ("auto", "arpack", "jax")
+HESSIAN_DTYPES = ("float64", "float32")
+
+
+#: parameter count from which ``auto`` takes the JAX-native solver on a CPU (on a GPU or TPU it always does: there
+#: every ARPACK product would cross the bus). Measured by benchmarks/bench_eigs.py (benchmarks/results/eigs_cpu.md).
+JAX_MIN_PARAMS_CPU = 0
+
+
+def choose_eigensolver(num_params: int, dtype: str = "float64", backend: str | None = None) -> str:
+    """``auto``: "jax" on an accelerator, for float32 (ARPACK runs in float64) and on a CPU from JAX_MIN_PARAMS_CPU
+    parameters; "arpack" below that."""
+    backend = jax.default_backend() if backend is None else backend
+    if backend != "cpu" or dtype != "float64" or num_params >= JAX_MIN_PARAMS_CPU:
+        return "jax"
+    return "arpack"
+
+
+class EigensolverNoConvergence(ArithmeticError):
+    """The JAX-native Lanczos ran MAX_CYCLES restarts without the wanted residual (as ARPACK raises its own)."""
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "free_shift", "basis", "keep", "max_cycles"))
+def _device_solve(x, reg, v0, U, weights, sigma, rtol, scale, deflate, which, *, shape, free_shift: bool, basis: int,
+                  keep: int, max_cycles: int):
+    """One compiled program per shape and dtype serves ∇²f (deflate False) and the deflated operator, at any end:
+    ``deflate`` and ``which`` are traced, and lax.cond runs one operator per product. Returns the LanczosResult and
+    the measured residuals ‖Av − θv‖ of its two pairs from fresh products (NaN for a pair that is not wanted)."""
+    from .hessian import deflated_hvp, hvp
+
+    def op(v):
+        return jax.lax.cond(deflate, lambda u: deflated_hvp(x, u, reg, shape, U, weights, free_shift, sigma),
+                            lambda u: hvp(x, u, reg, shape), v)
+
+    res = thick_restart_lanczos(op, v0, which=which, rtol=rtol, scale=scale, basis=basis, keep=keep,
+                                max_cycles=max_cycles)
+    nan = jnp.full((), jnp.nan, v0.dtype)
+    measure = lambda i: jnp.linalg.norm(op(res.vectors[i]) - res.values[i] * res.vectors[i])
+    low = jax.lax.cond(which != WHICH["max"], lambda: measure(0), lambda: nan)
+    high = jax.lax.cond(which != WHICH["min"], lambda: measure(1), lambda: nan)
+    return res, jnp.stack([low, high])
+
+
+class DeviceCurvature:
+    """JAX-native extreme eigenpairs of ∇²f at one point (the counterpart of hessian.MatrixFree): the Lanczos runs in
+    ``dtype`` on the default device. Every returned pair's residual ‖Av − θv‖ is measured from a fresh float64
+    product (inside the same program in float64; by the host path's float64 operators after a float32 run), so what
+    is reported rests neither on the solver's own estimate nor on float32 round-off."""
+
+    def __init__(self, problem, x, dtype: str = "float64", *, basis: int = BASIS, keep: int = KEEP,
+                 max_cycles: int = MAX_CYCLES, seed: int = 0):
+        from .problem import Reg
+
+        self.problem = problem
+        self.shape = problem.shape
+        self.dtype = dtype
+        self.rtol = RTOL[dtype]
+        self.x64 = x                                      # kept as given: the float32 path's residuals use it
+        self.x = jnp.asarray(x, dtype)                    # no copy when x is already a device array of this dtype
+        self.reg = Reg(*(jnp.asarray(v, dtype) for v in problem.reg))
+        self.P = int(self.x.size)
+        self.basis, self.keep, self.max_cycles = basis, keep, max_cycles
+        self.rng = np.random.default_rng(seed)
+        self.matvecs = 0
+
+    def _run(self, which: str, *, tangent=None, sigma=0.0, scale=0.0):
+        from .hessian import Eig, MatrixFree, NonFiniteCurvature
+
+        v0 = jnp.asarray(self.rng.standard_normal(self.P), self.dtype)
+        d = self.shape.d
+        U = jnp.zeros((d, d), self.dtype) if tangent is None else jnp.asarray(tangent.U, self.dtype)
+        w = jnp.zeros((d, d), self.dtype) if tangent is None else jnp.asarray(tangent.weights, self.dtype)
+        res, measured = _device_solve(self.x, self.reg, v0, U, w, jnp.asarray(sigma, self.dtype),
+                                      jnp.asarray(self.rtol, self.dtype), jnp.asarray(scale, self.dtype),
+                                      jnp.asarray(tangent is not None), jnp.asarray(WHICH[which]), shape=self.shape,
+                                      free_shift=bool(tangent is not None and tangent.free_shift), basis=self.basis,
+                                      keep=self.keep, max_cycles=self.max_cycles)
+        n = int(res.matvecs)
+        self.matvecs += n + (2 if which == "both" else 1)
+        values, vectors = np.asarray(res.values, np.float64), np.asarray(res.vectors, np.float64)
+        if not (np.all(np.isfinite(values)) and np.all(np.isfinite(vectors))):
+            raise NonFiniteCurvature("Hessian-vector product (JAX-native Lanczos)")
+        if not bool(res.converged):
+            raise EigensolverNoConvergence(
+                f"{which} end: residual estimate {float(np.max(np.asarray(res.estimates))):.2e} > {self.rtol:g}·‖A‖ "
+                f"(‖A‖ ≈ {float(res.scale):.2e}) after {n} products")
+        if self.dtype == "float64":
+            residuals = np.asarray(measured, np.float64)
+        else:
+            exact = MatrixFree(self.problem, np.asarray(self.x64, np.float64))
+            op = None if tangent is None else exact.H_deflated(tangent, sigma)
+            wanted = {"min": (0,), "max": (1,), "both": (0, 1)}[which]
+            residuals = [exact.residual(values[i], vectors[i], op) if i in wanted else np.nan for i in (0, 1)]
+        return [Eig(float(values[i]), vectors[i], float(residuals[i]), n) for i in (0, 1)]
+
+    def extremes(self):
+        """(λ_min pair, λ_max pair) of ∇²f from one run that converges both ends."""
+        low, high = self._run("both")
+        return low, high
+
+    def smallest_deflated(self, tangent, sigma: float, scale: float):
+        """λ_min⊥: the smallest eigenpair of (I − P)∇²f(I − P) + σP (P: the orbit tangent projector)."""
+        return self._run("min", tangent=tangent, sigma=sigma, scale=scale)[0]
