@@ -78,7 +78,8 @@ class Tolerances:
 
     def zero_rule(self, dtype: str = "float64") -> str:
         """The zero tolerance's rule in words, for the record."""
-        return "given" if self.zero_tol is not None else f"max({ZERO_RTOL[dtype]:g}·‖∇²f‖₂, 1e2·‖∇f‖)"
+        rel = f"1e{round(math.log10(ZERO_RTOL[dtype]))}"
+        return "given" if self.zero_tol is not None else f"max({rel}·‖∇²f‖₂, 1e2·‖∇f‖)"
 
 
 @dataclasses.dataclass

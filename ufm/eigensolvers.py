@@ -126,7 +126,6 @@ def thick_restart_lanczos(matvec, v0, *, which: str = "both", rtol=1e-10, scale=
             # a generic direction without a PRNG in the loop (threefry doubles the compile time): the Gaussian start
             # vector, rotated by an offset that differs at every breakdown
             z, _ = orthogonalize(V, jnp.roll(v0, 7919 * (cycles * basis + j + 1) % P), mask)
-            z, _ = orthogonalize(V, z / jnp.linalg.norm(z), mask)
             return z / jnp.linalg.norm(z), jnp.zeros((), dtype)
 
         q, beta = jax.lax.cond(beta > eps * sc, lambda _: (w / beta, beta), fresh, None)
@@ -198,11 +197,15 @@ def _device_solve(x, reg, v0, U, weights, sigma, rtol, scale, deflate, which, *,
 
     res = thick_restart_lanczos(op, v0, which=which, rtol=rtol, scale=scale, basis=basis, keep=keep,
                                 max_cycles=max_cycles)
-    nan = jnp.full((), jnp.nan, v0.dtype)
-    measure = lambda i: jnp.linalg.norm(op(res.vectors[i]) - res.values[i] * res.vectors[i])
-    low = jax.lax.cond(which != WHICH["max"], lambda: measure(0), lambda: nan)
-    high = jax.lax.cond(which != WHICH["min"], lambda: measure(1), lambda: nan)
-    return res, jnp.stack([low, high])
+    # pairs lo..hi−1 are wanted: one loop, so that the operator is compiled once more, not once per pair
+    lo = jnp.where(which == WHICH["max"], 1, 0)
+    hi = jnp.where(which == WHICH["min"], 1, 2)
+
+    def measure(i, out):
+        v, theta = res.vectors[i], res.values[i]
+        return out.at[i].set(jnp.linalg.norm(op(v) - theta * v))
+
+    return res, jax.lax.fori_loop(lo, hi, measure, jnp.full(2, jnp.nan, v0.dtype))
 
 
 class DeviceCurvature:
@@ -228,7 +231,10 @@ class DeviceCurvature:
         self.matvecs = 0
 
     def _run(self, which: str, *, tangent=None, sigma=0.0, scale=0.0):
+        # free_shift is the problem's, not the tangent's (the same by construction), so that the plain and the
+        # deflated run share one compiled program
         from .hessian import Eig, MatrixFree, NonFiniteCurvature
+        from .symmetry import has_free_shift
 
         v0 = jnp.asarray(self.rng.standard_normal(self.P), self.dtype)
         d = self.shape.d
@@ -237,7 +243,7 @@ class DeviceCurvature:
         res, measured = _device_solve(self.x, self.reg, v0, U, w, jnp.asarray(sigma, self.dtype),
                                       jnp.asarray(self.rtol, self.dtype), jnp.asarray(scale, self.dtype),
                                       jnp.asarray(tangent is not None), jnp.asarray(WHICH[which]), shape=self.shape,
-                                      free_shift=bool(tangent is not None and tangent.free_shift), basis=self.basis,
+                                      free_shift=has_free_shift(self.problem), basis=self.basis,
                                       keep=self.keep, max_cycles=self.max_cycles)
         n = int(res.matvecs)
         self.matvecs += n + (2 if which == "both" else 1)
