@@ -9,7 +9,7 @@ import pytest
 
 import ufm
 from ufm.critical import Tolerances, analyze_point, check_eigensolver
-from ufm.eigensolvers import RTOL, WHICH, DeviceCurvature, choose_eigensolver, thick_restart_lanczos
+from ufm.eigensolvers import WHICH, DeviceCurvature, choose_eigensolver, residual_tolerance, thick_restart_lanczos
 from ufm.errors import UFMInputError
 from ufm.hessian import MatrixFree, dense_hessian
 from ufm.model import flatten
@@ -77,8 +77,10 @@ def test_device_eigenpairs_match_dense_eigh_and_arpack(dtype):
         dev = DeviceCurvature(PROB, x, dtype)
         low, high = dev.extremes()
         perp = dev.smallest_deflated(tangent, sigma, norm)
-        # a Ritz value is within its residual of the spectrum: float64 asks residual ≤ 1e-10·‖H‖, float32 ≤ 1e-5·‖H‖
-        # (RTOL), and float32 adds the rounding of x and of H's entries (ε₃₂·‖H‖ ≈ 1e-7·‖H‖)
+        # a Ritz value is within its residual of the spectrum: by default a run asks residual ≤ 1e-10·‖H‖ in float64
+        # (1% of the 1e-8·‖H‖ zero tolerance) and ≤ 1e-5·‖H‖ in float32 (its floor), and float32 adds the rounding of
+        # x and of H's entries (ε₃₂·‖H‖ ≈ 1e-7·‖H‖)
+        assert (dev.rtol, dev.atol) == residual_tolerance(1e-8, 0.0, dtype) == ({"float64": 1e-10, "float32": 1e-5}[dtype], 0.0)
         tol = {"float64": 1e-9, "float32": 1e-4}[dtype] * norm
         assert low.value == pytest.approx(theta[0], abs=tol), name
         assert high.value == pytest.approx(theta[-1], abs=tol), name
@@ -91,7 +93,7 @@ def test_device_eigenpairs_match_dense_eigh_and_arpack(dtype):
         for e, op in ((low, lambda v: Hd @ v), (high, lambda v: Hd @ v), (perp, defl)):
             assert e.residual == pytest.approx(np.linalg.norm(op(e.vector) - e.value * e.vector), rel=1e-6,
                                                abs=1e-15), name
-            assert e.residual <= 10 * RTOL[dtype] * norm, name
+            assert e.residual <= 10 * dev.rtol * norm, name
         # ARPACK (shifted, tol 1e-10) finds the same extremes
         top = mf.largest()
         s = top.value + max(1.0, 0.01 * abs(top.value))

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .eigensolvers import EIGENSOLVERS, HESSIAN_DTYPES, DeviceCurvature, RTOL, choose_eigensolver
+from .eigensolvers import EIGENSOLVERS, HESSIAN_DTYPES, DeviceCurvature, choose_eigensolver, residual_tolerance
 from .hessian import DENSE_MAX_PARAMS, MatrixFree, NonFiniteCurvature, dense_hessian, value_and_grad
 from .losses import CrossEntropy, LabelSmoothing, RescaledMSE
 from .model import Params, data_term, flatten, unflatten
@@ -71,10 +71,15 @@ class Tolerances:
                 raise UFMInputError(flag, value, "must be a finite number > 0")
 
     def zero(self, hess_norm: float, grad_norm: float, dtype: str = "float64") -> float:
+        rel, absolute = self.zero_parts(grad_norm, dtype)
+        return max(rel * hess_norm, absolute)
+
+    def zero_parts(self, grad_norm: float, dtype: str = "float64") -> tuple[float, float]:
+        """(rel, abs) with zero_tol = max(rel·‖∇²f‖₂, abs): what an eigensolver must resolve before ‖∇²f‖ is known."""
         if self.zero_tol is not None:
-            return self.zero_tol
+            return 0.0, self.zero_tol
         rel = ZERO_RTOL[dtype]
-        return max(rel * hess_norm, 1e2 * grad_norm, 1e-5 * rel)
+        return rel, max(1e2 * grad_norm, 1e-5 * rel)
 
     def zero_rule(self, dtype: str = "float64") -> str:
         """The zero tolerance's rule in words, for the record."""
@@ -316,7 +321,6 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
     dtype = hessian_dtype if method == "lanczos" else "float64"
     curvature = {"eigensolver": solver or "dense eigh", "dtype": dtype, "matvecs": None,
                  "convergence": "all eigenvalues (numpy eigh)" if method == "dense" else
-                 f"residual ≤ {RTOL[dtype]:g}·‖∇²f‖ per Ritz pair" if solver == "jax" else
                  "ARPACK tol 1e-10 relative to σ − θ (shifted operator)"}
     nan = float("nan")
     with jax.enable_x64(True), np.errstate(all="ignore"):
@@ -367,7 +371,11 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
                 else:
                     # both ends of the spectrum from one run; the deflated operator lifts the orbit tangent just
                     # above λ_max (a shift on ‖∇²f‖'s scale keeps the deflated run's tolerance on that scale too)
-                    dev = DeviceCurvature(problem, mf.x, dtype)
+                    rtol, atol = residual_tolerance(*tolerances.zero_parts(gnorm, dtype), dtype)
+                    curvature["convergence"] = (f"residual ≤ max({rtol:g}·‖∇²f‖, {atol:.2g}) per Ritz pair: 1% of "
+                                                "the zero tolerance" + (", at most float32's 1e-5·‖∇²f‖" if
+                                                                        dtype == "float32" else ""))
+                    dev = DeviceCurvature(problem, mf.x, dtype, tolerance=(rtol, atol))
                     low, top = dev.extremes()
                     hess_norm = max(abs(top.value), abs(low.value))
                     sigma = top.value + 0.01 * hess_norm if hess_norm > 0 else 1.0

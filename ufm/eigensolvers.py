@@ -46,11 +46,19 @@ MAX_CYCLES = 500
 #: P-vectors alive at the peak of one solve beyond the basis (BASIS + 1 rows) and the new Ritz vectors (KEEP): the
 #: Gram–Schmidt vector and its replacement at a breakdown, the start vector and the two returned Ritz vectors
 EXTRA_VECTORS = 6
-#: convergence: a Ritz pair's residual ≤ RTOL[dtype]·‖A‖. float64: 1e-10, the relative accuracy the ARPACK path asks
-#: for (tol = 1e-10), two orders below the 1e-8·‖∇²f‖ zero tolerance (critical.Tolerances) so that an eigenvalue's
-#: error (≤ its residual) cannot move it across ±zero_tol. float32: ε₃₂ ≈ 1.2e-7 and a Lanczos residual floors near
-#: ε·‖A‖·√m, so 1e-5 is reachable and still an order below float32's 1e-4·‖∇²f‖ zero tolerance.
-RTOL = {"float64": 1e-10, "float32": 1e-5}
+#: convergence: a Ritz pair's residual ≤ RESIDUAL_FRACTION × the zero tolerance the point is classified with
+#: (critical.Tolerances: max(1e-8·‖∇²f‖, 1e2·‖∇f‖) in float64). An eigenvalue lies within its residual of the spectrum,
+#: so a reported θ is off by at most 1% of zero_tol and can change a comparison θ ≶ ±zero_tol only inside that 1% band
+#: (ARPACK's tol = 1e-10 on σI − H with σ ≥ 1 allows an error of 1e-10 absolute, above zero_tol whenever ‖∇²f‖ < 1e-2).
+RESIDUAL_FRACTION = 0.01
+#: the relative residual a Lanczos run in each dtype can reach (round-off floors near ε·‖A‖·√m): float32's 1e-5 is
+#: 0.1 × its 1e-4 zero tolerance, so in float32 the band above is 10%.
+RTOL_FLOOR = {"float64": 1e-12, "float32": 1e-5}
+
+
+def residual_tolerance(zero_rel: float, zero_abs: float, dtype: str = "float64") -> tuple[float, float]:
+    """(rtol, atol) of a run whose pairs are classified with zero_tol = max(zero_rel·‖∇²f‖, zero_abs)."""
+    return max(RESIDUAL_FRACTION * zero_rel, RTOL_FLOOR[dtype]), RESIDUAL_FRACTION * zero_abs
 
 
 def vectors_kept(basis: int = BASIS, keep: int = KEEP) -> int:
@@ -75,35 +83,50 @@ class LanczosResult(NamedTuple):
 WHICH = {"min": 0, "max": 1, "both": 2}
 
 
-def _select(n: int, which, keep: int):
-    """Indices (ascending Ritz values of n) kept across a restart: the ``keep`` lowest, highest, or half from each
-    end; ``which`` is a code of WHICH, possibly traced (one compiled solver serves every end)."""
+def _select(m, which, keep: int):
+    """Indices (into the m lowest, ascending, Ritz values) kept across a restart: the ``keep`` lowest, highest, or
+    half from each end; ``which`` is a code of WHICH, possibly traced (one compiled solver serves every end)."""
     lo = keep // 2
-    both = jnp.concatenate([jnp.arange(lo), jnp.arange(n - (keep - lo), n)])
-    return jnp.where(which == 0, jnp.arange(keep), jnp.where(which == 1, jnp.arange(n - keep, n), both))
+    k = jnp.arange(keep)
+    both = jnp.where(k < lo, k, m - keep + k)
+    return jnp.where(which == 0, k, jnp.where(which == 1, m - keep + k, both))
 
 
-def _wanted_error(estimates, which):
+def _wanted_error(low, high, which):
     """The residual estimate that decides convergence: the wanted end's (both ends: the larger)."""
-    return jnp.where(which == 0, estimates[0], jnp.where(which == 1, estimates[-1],
-                                                          jnp.maximum(estimates[0], estimates[-1])))
+    return jnp.where(which == 0, low, jnp.where(which == 1, high, jnp.maximum(low, high)))
 
 
-def thick_restart_lanczos(matvec, v0, *, which: str = "both", rtol=1e-10, scale=0.0, basis: int = BASIS,
+def _ritz(Hc, m):
+    """Eigen-decomposition of the projected matrix on the first m basis rows (m traced): the upper triangle of the
+    Gram–Schmidt coefficients Hc mirrored, the rows past m decoupled and lifted above the spectrum (2‖·‖_F + 1 bounds
+    every eigenvalue of the active block), so the m active Ritz values come first, ascending."""
+    n = Hc.shape[0]
+    act = jnp.arange(n) < m
+    A = jnp.triu(Hc) + jnp.triu(Hc, 1).T
+    A = jnp.where(act[:, None] & act[None, :], A, 0.0)
+    lift = 2.0 * jnp.sqrt(jnp.sum(A * A)) + 1.0
+    return jnp.linalg.eigh(A + jnp.diag(jnp.where(act, 0.0, lift)))
+
+
+def thick_restart_lanczos(matvec, v0, *, which: str = "both", rtol=1e-10, atol=0.0, scale=0.0, basis: int = BASIS,
                           keep: int = KEEP, max_cycles: int = MAX_CYCLES) -> LanczosResult:
     """Extreme eigenpairs of the symmetric operator ``matvec`` (traceable; call it inside jit).
 
-    ``which``: "min", "max" or "both" (the end(s) that must converge), or its WHICH code (may be traced). ``scale``: a known lower bound on ‖A‖ (the
-    tolerance is rtol·max(scale, max|Ritz value|)). ``basis`` ≤ len(v0) P-vectors per cycle, ``keep`` < basis Ritz
-    vectors carried across a restart. ``v0`` should be random (its rotations replace a Krylov breakdown)."""
+    ``which``: "min", "max" or "both" (the end(s) that must converge), or its WHICH code (may be traced). A wanted
+    pair is converged when its residual estimate is ≤ max(rtol·‖A‖, atol), ‖A‖ the largest of ``scale`` and every
+    |Ritz value| seen; it is tested after every step, so a run stops as soon as it may (at an NC optimum a Krylov
+    space closes after ~10 products). ``basis`` ≤ len(v0) P-vectors per cycle, ``keep`` < basis Ritz vectors carried
+    across a restart. ``v0`` should be random (its rotations replace a Krylov breakdown)."""
     P = v0.shape[0]
     dtype = v0.dtype
     basis = min(basis, P)
     keep = max(2, min(keep, basis - 2))
     which = jnp.asarray(WHICH[which] if isinstance(which, str) else which)
-    rtol = jnp.asarray(rtol, dtype)
+    rtol, atol = jnp.asarray(rtol, dtype), jnp.asarray(atol, dtype)
     eps = jnp.finfo(dtype).eps
-    rows = jnp.arange(basis + 1)
+    rows = jnp.arange(basis)
+    tol = lambda sc: jnp.maximum(rtol * sc, atol)
 
     def orthogonalize(V, w, mask):
         """w minus its projection on the rows of V where mask (classical Gram–Schmidt, twice: twice is enough)."""
@@ -112,51 +135,61 @@ def thick_restart_lanczos(matvec, v0, *, which: str = "both", rtol=1e-10, scale=
         h2 = mask * (V @ w)
         return w - h2 @ V, h + h2
 
-    def step(j, carry):
-        """One Lanczos step from row j of V: column j of the projected matrix, row j + 1 of V."""
-        V, Hc, beta, sc, cycles = carry
+    def step(carry):
+        """One Lanczos step from row j of V: column j of the projected matrix, row j + 1 of V (after the last row,
+        the residual direction r instead), and the end pairs' residual estimates on the rows so far."""
+        j, V, Hc, r, beta, sc, err, cycles = carry
         w = matvec(V[j])
         mask = (rows <= j).astype(dtype)
         w, h = orthogonalize(V, w, mask)
         beta = jnp.linalg.norm(w)
 
         def fresh(_):
-            # an invariant subspace (β at round-off level): continue from a random direction ⊥ the basis, coupling 0.
-            # It happens at the first steps at an NC optimum, whose spectrum is a few clusters (docs/theory.md §9)
-            # a generic direction without a PRNG in the loop (threefry doubles the compile time): the Gaussian start
-            # vector, rotated by an offset that differs at every breakdown
+            # an invariant subspace (β at round-off level): continue from a generic direction ⊥ the basis, coupling
+            # 0. The direction is the Gaussian start vector rotated by an offset that differs at every breakdown (a
+            # PRNG in the loop doubled the compile time)
             z, _ = orthogonalize(V, jnp.roll(v0, 7919 * (cycles * basis + j + 1) % P), mask)
             return z / jnp.linalg.norm(z), jnp.zeros((), dtype)
 
         q, beta = jax.lax.cond(beta > eps * sc, lambda _: (w / beta, beta), fresh, None)
-        Hc = Hc.at[:, j].set(h[:basis])
-        return V.at[j + 1].set(q), Hc, beta, sc, cycles
+        Hc = Hc.at[:, j].set(h)
+        # V has exactly `basis` rows (a (basis + 1)-row V sliced to V[:basis] for the restart cost XLA 40 more
+        # P-vectors of temporaries, measured with memory_analysis); the last step leaves q in r only
+        nxt = jnp.minimum(j + 1, basis - 1)
+        V = V.at[nxt].set(jnp.where(j + 1 < basis, q, V[nxt]))
+        theta, S = _ritz(Hc, j + 1)
+        sc = jnp.maximum(sc, jnp.max(jnp.where(rows <= j, jnp.abs(theta), 0.0)))
+        # the lowest and highest Ritz pairs on rows 0..j have residuals |β S[j, 0]| and |β S[j, j]|
+        err = jnp.where(j + 1 >= keep, _wanted_error(jnp.abs(beta * S[j, 0]), jnp.abs(beta * S[j, j]), which),
+                        jnp.inf)
+        return j + 1, V, Hc, q, beta, sc, err, cycles
 
     def cycle(carry):
-        """Lanczos steps from row `start` to the end of the basis, then Rayleigh–Ritz and the restart."""
-        V, th, _, beta, sc, cycles, matvecs = carry
+        """Lanczos steps from row `start` until the wanted end(s) converge or the basis is full, then Rayleigh–Ritz
+        and the restart (after convergence the kept pairs are only what is returned)."""
+        V, r, th, _, beta, sc, cycles, matvecs = carry
         start = jnp.where(cycles == 0, 0, keep)
         # the kept Ritz pairs are exact in the projected matrix: Θ on the diagonal, and their couplings to row
         # `keep` come out of the first step's Gram–Schmidt coefficients (YᵀA q = s)
         Hc = jnp.zeros((basis, basis), dtype).at[:keep, :keep].set(jnp.diag(th))
-        V, Hc, beta, sc, _ = jax.lax.fori_loop(start, basis, step, (V, Hc, beta, sc, cycles))
-        A = jnp.triu(Hc) + jnp.triu(Hc, 1).T
-        theta, S = jnp.linalg.eigh(A)
-        sc = jnp.maximum(sc, jnp.max(jnp.abs(theta)))
-        sel = _select(basis, which, keep)
-        Y = S[:, sel].T @ V[:basis]                          # (keep, P): the new Ritz vectors
-        V = V.at[:keep].set(Y).at[keep].set(V[basis])        # and the residual direction continues the basis
-        # kept pair j: ‖A yⱼ − θⱼ yⱼ‖ = |β S[-1, j]| (exact up to round-off with full reorthogonalisation)
-        return V, theta[sel], jnp.abs(beta * S[-1, sel]), beta, sc, cycles + 1, matvecs + basis - start
+        m, V, Hc, r, beta, sc, _, _ = jax.lax.while_loop(
+            lambda c: (c[0] < basis) & (c[6] > tol(c[5])), step,
+            (start, V, Hc, r, beta, sc, jnp.asarray(jnp.inf, dtype), cycles))
+        theta, S = _ritz(Hc, m)
+        sel = _select(m, which, keep)
+        Y = S[:, sel].T @ V                                  # (keep, P): the new Ritz vectors
+        V = V.at[:keep].set(Y).at[keep].set(r)               # and the residual direction continues the basis
+        # kept pair i: ‖A yᵢ − θᵢ yᵢ‖ = |β S[m − 1, i]| (exact up to round-off with full reorthogonalisation)
+        return V, r, theta[sel], jnp.abs(beta * S[m - 1, sel]), beta, sc, cycles + 1, matvecs + m - start
 
-    V = jnp.zeros((basis + 1, P), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    carry = (V, jnp.zeros(keep, dtype), jnp.full(keep, jnp.inf, dtype), jnp.zeros((), dtype),
+    V = jnp.zeros((basis, P), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    carry = (V, jnp.zeros(P, dtype), jnp.zeros(keep, dtype), jnp.full(keep, jnp.inf, dtype), jnp.zeros((), dtype),
              jnp.asarray(scale, dtype), jnp.asarray(0), jnp.asarray(0))
-    unconverged = lambda c: _wanted_error(c[2], which) > rtol * c[4]
-    V, th, est, _, sc, cycles, matvecs = jax.lax.while_loop(
-        lambda c: (c[5] == 0) | ((c[5] < max_cycles) & unconverged(c)), cycle, carry)
+    error = lambda est: _wanted_error(est[0], est[-1], which)
+    V, _, th, est, _, sc, cycles, matvecs = jax.lax.while_loop(
+        lambda c: (c[6] == 0) | ((c[6] < max_cycles) & (error(c[3]) > tol(c[5]))), cycle, carry)
     ends = jnp.array([0, keep - 1])
-    return LanczosResult(th[ends], V[ends], est[ends], sc, matvecs, cycles, _wanted_error(est, which) <= rtol * sc)
+    return LanczosResult(th[ends], V[ends], est[ends], sc, matvecs, cycles, error(est) <= tol(sc))
 
 
 # --- the operators of hessian.py, on the device -------------------------------------------------------------------
@@ -184,7 +217,7 @@ class EigensolverNoConvergence(ArithmeticError):
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "free_shift", "basis", "keep", "max_cycles"))
-def _device_solve(x, reg, v0, U, weights, sigma, rtol, scale, deflate, which, *, shape, free_shift: bool, basis: int,
+def _device_solve(x, reg, v0, U, weights, sigma, rtol, atol, scale, deflate, which, *, shape, free_shift: bool, basis: int,
                   keep: int, max_cycles: int):
     """One compiled program per shape and dtype serves ∇²f (deflate False) and the deflated operator, at any end:
     ``deflate`` and ``which`` are traced, and lax.cond runs one operator per product. Returns the LanczosResult and
@@ -195,7 +228,7 @@ def _device_solve(x, reg, v0, U, weights, sigma, rtol, scale, deflate, which, *,
         return jax.lax.cond(deflate, lambda u: deflated_hvp(x, u, reg, shape, U, weights, free_shift, sigma),
                             lambda u: hvp(x, u, reg, shape), v)
 
-    res = thick_restart_lanczos(op, v0, which=which, rtol=rtol, scale=scale, basis=basis, keep=keep,
+    res = thick_restart_lanczos(op, v0, which=which, rtol=rtol, atol=atol, scale=scale, basis=basis, keep=keep,
                                 max_cycles=max_cycles)
     # pairs lo..hi−1 are wanted: one loop, so that the operator is compiled once more, not once per pair
     lo = jnp.where(which == WHICH["max"], 1, 0)
@@ -214,14 +247,16 @@ class DeviceCurvature:
     product (inside the same program in float64; by the host path's float64 operators after a float32 run), so what
     is reported rests neither on the solver's own estimate nor on float32 round-off."""
 
-    def __init__(self, problem, x, dtype: str = "float64", *, basis: int = BASIS, keep: int = KEEP,
-                 max_cycles: int = MAX_CYCLES, seed: int = 0):
+    def __init__(self, problem, x, dtype: str = "float64", *, tolerance: tuple[float, float] | None = None,
+                 basis: int = BASIS, keep: int = KEEP, max_cycles: int = MAX_CYCLES, seed: int = 0):
         from .problem import Reg
 
         self.problem = problem
         self.shape = problem.shape
         self.dtype = dtype
-        self.rtol = RTOL[dtype]
+        # (rtol, atol): residual ≤ max(rtol·‖A‖, atol); by default 1% of the default float64 zero tolerance's
+        # relative part, or the dtype's floor
+        self.rtol, self.atol = tolerance or residual_tolerance(1e-8, 0.0, dtype)
         self.x64 = x                                      # kept as given: the float32 path's residuals use it
         self.x = jnp.asarray(x, dtype)                    # no copy when x is already a device array of this dtype
         self.reg = Reg(*(jnp.asarray(v, dtype) for v in problem.reg))
@@ -241,7 +276,8 @@ class DeviceCurvature:
         U = jnp.zeros((d, d), self.dtype) if tangent is None else jnp.asarray(tangent.U, self.dtype)
         w = jnp.zeros((d, d), self.dtype) if tangent is None else jnp.asarray(tangent.weights, self.dtype)
         res, measured = _device_solve(self.x, self.reg, v0, U, w, jnp.asarray(sigma, self.dtype),
-                                      jnp.asarray(self.rtol, self.dtype), jnp.asarray(scale, self.dtype),
+                                      jnp.asarray(self.rtol, self.dtype), jnp.asarray(self.atol, self.dtype),
+                                      jnp.asarray(scale, self.dtype),
                                       jnp.asarray(tangent is not None), jnp.asarray(WHICH[which]), shape=self.shape,
                                       free_shift=has_free_shift(self.problem), basis=self.basis,
                                       keep=self.keep, max_cycles=self.max_cycles)
@@ -252,8 +288,8 @@ class DeviceCurvature:
             raise NonFiniteCurvature("Hessian-vector product (JAX-native Lanczos)")
         if not bool(res.converged):
             raise EigensolverNoConvergence(
-                f"{which} end: residual estimate {float(np.max(np.asarray(res.estimates))):.2e} > {self.rtol:g}·‖A‖ "
-                f"(‖A‖ ≈ {float(res.scale):.2e}) after {n} products")
+                f"{which} end: residual estimate {float(np.max(np.asarray(res.estimates))):.2e} > max({self.rtol:g}·‖A‖, "
+                f"{self.atol:.2e}) (‖A‖ ≈ {float(res.scale):.2e}) after {n} products")
         if self.dtype == "float64":
             residuals = np.asarray(measured, np.float64)
         else:
