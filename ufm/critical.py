@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Optional
 
 import jax
@@ -319,7 +320,7 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
     method = check_hessian(problem, hessian)
     solver = check_eigensolver(problem, method, eigensolver, hessian_dtype)
     dtype = hessian_dtype if method == "lanczos" else "float64"
-    curvature = {"eigensolver": solver or "dense eigh", "dtype": dtype, "matvecs": None,
+    curvature = {"eigensolver": solver or "dense eigh", "dtype": dtype, "matvecs": None, "seconds": None,
                  "convergence": "all eigenvalues (numpy eigh)" if method == "dense" else
                  "ARPACK tol 1e-10 relative to σ − θ (shifted operator)"}
     nan = float("nan")
@@ -343,6 +344,7 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
         if not not_finite and tangent is None:
             not_finite.append("point")           # W, H finite but WᵀW + HHᵀ overflows: no orbit to deflate
         if not not_finite:
+            started = time.perf_counter()
             try:
                 if method == "dense":
                     Hd = np.asarray(dense_hessian(mf.x, mf.reg, shape))
@@ -389,6 +391,7 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
                     n_zero = tangent.dim if min_perp > ztol else None
                     residual = max(top.residual, low.residual, perp.residual)
                     min_space = None                 # Lanczos returns one vector of a possibly repeated eigenvalue
+                curvature["seconds"] = time.perf_counter() - started     # the spectrum alone, compilation included
                 if not all(math.isfinite(v) for v in (min_eig, max_eig, min_perp)):
                     raise NonFiniteCurvature("eigenvalues")
             except (NonFiniteCurvature, np.linalg.LinAlgError):
