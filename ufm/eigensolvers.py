@@ -199,8 +199,10 @@ HESSIAN_DTYPES = ("float64", "float32")
 
 
 #: parameter count from which ``auto`` takes the JAX-native solver on a CPU (on a GPU or TPU it always does: there
-#: every ARPACK product would cross the bus). Measured by benchmarks/bench_eigs.py (benchmarks/results/eigs_cpu.md).
-JAX_MIN_PARAMS_CPU = 0
+#: every ARPACK product would cross the bus). Measured by benchmarks/bench_eigs.py at the NC optimum (benchmarks/
+#: results/eigs_cpu.md): a repeated call takes 0.25–0.30× ARPACK's time at every size from 2·10⁴ to 10⁶, but the
+#: first call at a shape pays the compilation of the solver, 1.27× ARPACK at 2·10⁴ parameters, 0.93× at 1.1·10⁵.
+JAX_MIN_PARAMS_CPU = 100_000
 
 
 def choose_eigensolver(num_params: int, dtype: str = "float64", backend: str | None = None) -> str:
@@ -275,12 +277,15 @@ class DeviceCurvature:
         d = self.shape.d
         U = jnp.zeros((d, d), self.dtype) if tangent is None else jnp.asarray(tangent.U, self.dtype)
         w = jnp.zeros((d, d), self.dtype) if tangent is None else jnp.asarray(tangent.weights, self.dtype)
-        res, measured = _device_solve(self.x, self.reg, v0, U, w, jnp.asarray(sigma, self.dtype),
-                                      jnp.asarray(self.rtol, self.dtype), jnp.asarray(self.atol, self.dtype),
-                                      jnp.asarray(scale, self.dtype),
-                                      jnp.asarray(tangent is not None), jnp.asarray(WHICH[which]), shape=self.shape,
-                                      free_shift=has_free_shift(self.problem), basis=self.basis,
-                                      keep=self.keep, max_cycles=self.max_cycles)
+        # "highest": on a GPU, float32 products would otherwise run as TF32 (a 10-bit mantissa), far below the
+        # 1e-5 relative residual float32 is asked for; on a CPU it changes nothing
+        with jax.default_matmul_precision("highest"):
+            res, measured = _device_solve(self.x, self.reg, v0, U, w, jnp.asarray(sigma, self.dtype),
+                                          jnp.asarray(self.rtol, self.dtype), jnp.asarray(self.atol, self.dtype),
+                                          jnp.asarray(scale, self.dtype),
+                                          jnp.asarray(tangent is not None), jnp.asarray(WHICH[which]), shape=self.shape,
+                                          free_shift=has_free_shift(self.problem), basis=self.basis,
+                                          keep=self.keep, max_cycles=self.max_cycles)
         n = int(res.matvecs)
         self.matvecs += n + (2 if which == "both" else 1)
         values, vectors = np.asarray(res.values, np.float64), np.asarray(res.vectors, np.float64)
