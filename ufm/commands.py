@@ -197,7 +197,7 @@ def _landscape_options(args) -> dict:
 
 
 def cmd_landscape(args) -> int:
-    from .critical import Tolerances, analyze_point, check_hessian, origin, origin_min_eig_theory
+    from .critical import Tolerances, analyze_point, check_eigensolver, check_hessian, origin, origin_min_eig_theory
     from .landscape import CENSUS_SCALES, ESCAPE_SOLVERS, census, escape
     from .paths import check_output_path
     from .render import render_landscape
@@ -216,9 +216,11 @@ def cmd_landscape(args) -> int:
         _validate_run_args(opts["seed"], scale, opts["gtol"], opts["max_steps"], opts["dtype"], opts["rtol"])
         as_solver(opts["solver"], lr=opts["lr"])
     method = check_hessian(problem, args.hessian, solver=opts.get("solver", ESCAPE_SOLVERS[0]))
+    eigensolver = check_eigensolver(problem, method, args.eigensolver, args.hessian_dtype)
+    curv = {"eigensolver": args.eigensolver, "hessian_dtype": args.hessian_dtype}
     report = _progress(args.verbose)
 
-    config = {**problem.config(), "hessian": args.hessian, **{k: opts.get(k) for k in _SOLVE_FLAGS}}
+    config = {**problem.config(), "hessian": args.hessian, **curv, **{k: opts.get(k) for k in _SOLVE_FLAGS}}
     if args.at == "census":
         config.update(starts=opts["starts"], seeds=[opts["seed"], opts["seed"] + opts["starts"] - 1],
                       init_scales=list(CENSUS_SCALES if opts["init_scale"] is None else [opts["init_scale"]]))
@@ -226,7 +228,7 @@ def cmd_landscape(args) -> int:
     rec = {"at": args.at, "config": config}
     code = EXIT_OK
     if args.at == "census":
-        cs = census(problem, opts["starts"], hessian=args.hessian, tolerances=tol, with_escape=not args.no_escape,
+        cs = census(problem, opts["starts"], hessian=args.hessian, **curv, tolerances=tol, with_escape=not args.no_escape,
                     progress=report, solver=opts["solver"], seed=opts["seed"], gtol=opts["gtol"], rtol=opts["rtol"],
                     max_steps=opts["max_steps"], init_scale=opts["init_scale"], lr=opts["lr"], dtype=opts["dtype"])
         points = cs.points
@@ -249,17 +251,20 @@ def cmd_landscape(args) -> int:
             except TypeError:            # φ′(0) exists only for the softmax losses
                 rec["origin_min_eig_theory"] = None
         report(0, 1, "analysing the Hessian")
-        cp = analyze_point(problem, point, hessian=args.hessian, tolerances=tol, label=label)
+        cp = analyze_point(problem, point, hessian=args.hessian, **curv, tolerances=tol, label=label)
         report(1, 1, "analysing the Hessian")
         if cp.classification == "strict_saddle" and not args.no_escape:
             report(0, 1, "escaping from the saddle")
-            cp.escape = escape(problem, cp, hessian=args.hessian, tolerances=tol)
+            cp.escape = escape(problem, cp, hessian=args.hessian, **curv, tolerances=tol)
             report(1, 1, "escaping from the saddle")
         points = [cp]
     rec["hessian_method"] = points[0].hessian_method if points else method
+    # the matrix-free eigensolver that ran (None on the dense path) and the dtype the zero tolerance is scaled to
+    rec["eigensolver"] = eigensolver
+    dtype = args.hessian_dtype if eigensolver else "float64"
+    rec["hessian_dtype"] = dtype
     rec["tolerances"] = {"grad_tol": tol.grad_tol, "obj_tol": tol.obj_tol,
-                         "zero_tol": [p.zero_tol for p in points],
-                         "zero_tol_rule": "given" if args.zero_tol else "max(1e-8·‖∇²f‖₂, 1e2·‖∇f‖)"}
+                         "zero_tol": [p.zero_tol for p in points], "zero_tol_rule": tol.zero_rule(dtype)}
     rec["critical_points"] = [p.record() for p in points]
     rec = json_safe(rec)
     emit(to_json(rec) if args.json else render_landscape(rec))

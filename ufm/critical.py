@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .eigensolvers import EIGENSOLVERS, HESSIAN_DTYPES, DeviceCurvature, choose_eigensolver, residual_tolerance
 from .hessian import DENSE_MAX_PARAMS, MatrixFree, NonFiniteCurvature, dense_hessian, value_and_grad
 from .losses import CrossEntropy, LabelSmoothing, RescaledMSE
 from .model import Params, data_term, flatten, unflatten
@@ -40,6 +42,12 @@ HESSIAN_METHODS = ("auto", "dense", "lanczos")
 #: above this many parameters ``--hessian dense`` is refused even when memory fits: eigh is O(P³), measured here at
 #: ~50 s for P = 3000 on 2 cores, so P = 20 000 is ~300× that (hours), and the deflated spectrum needs a second one
 DENSE_HARD_MAX_PARAMS = 20_000
+#: the relative part of the default zero tolerance, by the dtype the curvature is computed in. float64: 1e-8 (see
+#: Tolerances). float32: 1e-4, because ε₃₂ ≈ 1.2e-7 is 5e8× ε₆₄: a float32 eigenvalue carries ~ε₃₂·‖∇²f‖·√m of
+#: round-off plus the curvature of rounding x itself to float32 (~ε₃₂·‖x‖·‖∇³f‖), so a zero must be allowed three
+#: orders above ε₃₂ (float64's 1e-8 is 1e8 above ε₆₄; float32 has no such room). The floor (for ‖∇²f‖ = ‖∇f‖ = 0)
+#: scales with it: 1e-5 × the relative part, 1e-13 in float64.
+ZERO_RTOL = {"float64": 1e-8, "float32": 1e-4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Tolerances:
     grad_tol: float = 1e-8
     zero_tol: Optional[float] = None
     obj_tol: float = 1e-8
+    # in float32 curvature (analyze_point's hessian_dtype) the relative part is ZERO_RTOL["float32"] = 1e-4
 
     def __post_init__(self):
         # a NaN tolerance would make every comparison False and silently change the class; refuse it up front
@@ -62,10 +71,21 @@ class Tolerances:
                     or not np.isfinite(value) or value <= 0:
                 raise UFMInputError(flag, value, "must be a finite number > 0")
 
-    def zero(self, hess_norm: float, grad_norm: float) -> float:
+    def zero(self, hess_norm: float, grad_norm: float, dtype: str = "float64") -> float:
+        rel, absolute = self.zero_parts(grad_norm, dtype)
+        return max(rel * hess_norm, absolute)
+
+    def zero_parts(self, grad_norm: float, dtype: str = "float64") -> tuple[float, float]:
+        """(rel, abs) with zero_tol = max(rel·‖∇²f‖₂, abs): what an eigensolver must resolve before ‖∇²f‖ is known."""
         if self.zero_tol is not None:
-            return self.zero_tol
-        return max(1e-8 * hess_norm, 1e2 * grad_norm, 1e-13)
+            return 0.0, self.zero_tol
+        rel = ZERO_RTOL[dtype]
+        return rel, max(1e2 * grad_norm, 1e-5 * rel)
+
+    def zero_rule(self, dtype: str = "float64") -> str:
+        """The zero tolerance's rule in words, for the record."""
+        rel = f"1e{round(math.log10(ZERO_RTOL[dtype]))}"
+        return "given" if self.zero_tol is not None else f"max({rel}·‖∇²f‖₂, 1e2·‖∇f‖)"
 
 
 @dataclasses.dataclass
@@ -96,11 +116,13 @@ class CriticalPoint:
     found: int = 1
     eigenvalues: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)   # dense path: all of them
     not_finite: Optional[list] = None    # which measured quantities were NaN/inf: point, objective, gradient, hessian
+    curvature: Optional[dict] = None     # how the spectrum was computed: eigensolver, dtype, products, convergence
 
     def record(self) -> dict:
         keys = ["label", "objective", "grad_norm", "min_eig", "max_eig", "min_eig_deflated", "n_negative", "n_zero",
                 "expected_zero_modes", "rank_W", "classification", "eig_residual", "hessian_method",
-                "theory_objective", "bounds", "certificate", "nc_direction", "escape", "found", "not_finite"]
+                "theory_objective", "bounds", "certificate", "nc_direction", "escape", "found", "not_finite",
+                "curvature"]
         return {k: getattr(self, k) for k in keys}
 
 
@@ -201,6 +223,31 @@ def check_hessian(problem: Problem, hessian: str = "auto", *, solver="auto") -> 
     return method
 
 
+def check_eigensolver(problem: Problem, method: str, eigensolver: str = "auto", hessian_dtype: str = "float64"):
+    """The eigensolver of the matrix-free path (``method`` = "lanczos"), ``auto`` resolved (eigensolvers.
+    choose_eigensolver: by backend and size); None on the dense path. Refuses, before any work, an unknown name and a
+    choice the resolved method would ignore."""
+    from .errors import UFMInputError
+
+    if eigensolver not in EIGENSOLVERS:
+        raise UFMInputError("--eigensolver", eigensolver, f"use one of {', '.join(EIGENSOLVERS)}")
+    if hessian_dtype not in HESSIAN_DTYPES:
+        raise UFMInputError("--hessian-dtype", hessian_dtype, f"use one of {', '.join(HESSIAN_DTYPES)}")
+    if method == "dense":
+        for flag, value, default in (("--eigensolver", eigensolver, "auto"), ("--hessian-dtype", hessian_dtype,
+                                                                            "float64")):
+            if value != default:
+                raise UFMInputError(flag, value, f"applies to the matrix-free path; this problem's "
+                                    f"{problem.num_params:,} parameters take the dense float64 eigh (--hessian auto "
+                                    f"does up to {DENSE_MAX_PARAMS:,}): add --hessian lanczos")
+        return None
+    if eigensolver == "arpack" and hessian_dtype != "float64":
+        raise UFMInputError("--hessian-dtype", hessian_dtype, "ARPACK runs in float64: use --eigensolver jax (or auto)")
+    if eigensolver == "auto":
+        return choose_eigensolver(problem.num_params, hessian_dtype)
+    return eigensolver
+
+
 def classify(objective: float, grad_norm: float, min_eig: float, min_eig_deflated: float, zero_tol: float,
              lower: Optional[float], upper: Optional[float], tolerances: Tolerances) -> str:
     """The class from measured numbers (see the module docstring); [lower, upper] is the proven bracket on the
@@ -261,14 +308,24 @@ def _finite_tangent(problem: Problem, x):
 
 
 def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances: Tolerances = Tolerances(),
-                  label: str = "") -> CriticalPoint:
+                  label: str = "", eigensolver: str = "auto", hessian_dtype: str = "float64") -> CriticalPoint:
     """Measure ‖∇f‖ and the Hessian spectrum at ``point`` (Params or flat vector) and classify it. Never raises on
-    NaN/inf: such a point is ``nonfinite`` and ``not_finite`` names what was."""
+    NaN/inf: such a point is ``nonfinite`` and ``not_finite`` names what was.
+
+    On the matrix-free path ``eigensolver`` picks scipy's ARPACK on the host or the JAX-native Lanczos
+    (eigensolvers.py; ``auto``: by backend and size), and ``hessian_dtype`` = "float32" runs the latter in float32
+    (half the memory; the zero tolerance's relative part becomes ZERO_RTOL["float32"], residuals are measured in
+    float64). ``curvature`` in the record says what ran."""
     from .errors import UFMInputError
 
     if not isinstance(tolerances, Tolerances):
         raise UFMInputError("tolerances", tolerances, "pass a ufm.critical.Tolerances")
     method = check_hessian(problem, hessian)
+    solver = check_eigensolver(problem, method, eigensolver, hessian_dtype)
+    dtype = hessian_dtype if method == "lanczos" else "float64"
+    curvature = {"eigensolver": solver or "dense eigh", "dtype": dtype, "matvecs": None, "seconds": None,
+                 "convergence": "all eigenvalues (numpy eigh)" if method == "dense" else
+                 "ARPACK tol 1e-10 relative to σ − θ (shifted operator)"}
     nan = float("nan")
     with jax.enable_x64(True), np.errstate(all="ignore"):
         x = np.asarray(flatten(point, xp=np) if isinstance(point, Params) else point, dtype=np.float64)
@@ -290,6 +347,7 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
         if not not_finite and tangent is None:
             not_finite.append("point")           # W, H finite but WᵀW + HHᵀ overflows: no orbit to deflate
         if not not_finite:
+            started = time.perf_counter()
             try:
                 if method == "dense":
                     Hd = np.asarray(dense_hessian(mf.x, mf.reg, shape))
@@ -307,19 +365,36 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
                     n_neg, n_zero = int(np.sum(theta < -ztol)), int(np.sum(np.abs(theta) <= ztol))
                     residual = max(mf.residual(theta[0], vecs[:, 0]), mf.residual(theta[-1], vecs[:, -1]))
                     min_space = vecs[:, theta <= theta[0] + ztol]
-                else:
+                elif solver == "arpack":
                     top = mf.largest()
                     hess_norm = abs(top.value)
                     sigma = top.value + max(1.0, 0.01 * abs(top.value))
                     low = mf.smallest(sigma)
                     ztol = tolerances.zero(max(hess_norm, abs(low.value)), gnorm)
                     perp = mf.smallest(sigma, op=mf.H_deflated(tangent, sigma))
+                    curvature["matvecs"] = top.matvecs + low.matvecs + perp.matvecs
+                else:
+                    # both ends of the spectrum from one run; the deflated operator lifts the orbit tangent just
+                    # above λ_max (a shift on ‖∇²f‖'s scale keeps the deflated run's tolerance on that scale too)
+                    rtol, atol = residual_tolerance(*tolerances.zero_parts(gnorm, dtype), dtype)
+                    curvature["convergence"] = (f"residual ≤ max({rtol:g}·‖∇²f‖, {atol:.2g}) per Ritz pair: 1% of "
+                                                "the zero tolerance" + (", at most float32's 1e-5·‖∇²f‖" if
+                                                                        dtype == "float32" else ""))
+                    dev = DeviceCurvature(problem, mf.x, dtype, tolerance=(rtol, atol))
+                    low, top = dev.extremes()
+                    hess_norm = max(abs(top.value), abs(low.value))
+                    sigma = top.value + 0.01 * hess_norm if hess_norm > 0 else 1.0
+                    ztol = tolerances.zero(hess_norm, gnorm, dtype)
+                    perp = dev.smallest_deflated(tangent, sigma, hess_norm)
+                    curvature["matvecs"] = dev.matvecs
+                if method == "lanczos":
                     min_eig, max_eig, vmin = low.value, top.value, low.vector
                     min_perp = perp.value
                     n_neg = None if min_eig < -ztol else 0
                     n_zero = tangent.dim if min_perp > ztol else None
                     residual = max(top.residual, low.residual, perp.residual)
                     min_space = None                 # Lanczos returns one vector of a possibly repeated eigenvalue
+                curvature["seconds"] = time.perf_counter() - started     # the spectrum alone, compilation included
                 if not all(math.isfinite(v) for v in (min_eig, max_eig, min_perp)):
                     raise NonFiniteCurvature("eigenvalues")
             except (NonFiniteCurvature, np.linalg.LinAlgError):
@@ -357,7 +432,7 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
             hessian_method=method, zero_tol=ztol, theory_objective=f_star, bounds=bounds,
             certificate=None if not_finite else certificate(problem, W, H, b), nc_direction=direction,
             x=x, min_eigvec=np.asarray(vmin), label=label, eigenvalues=theta if method == "dense" else None,
-            not_finite=not_finite or None,
+            not_finite=not_finite or None, curvature=curvature,
         )
 
 

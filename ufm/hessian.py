@@ -47,14 +47,17 @@ def dense_hessian(x, reg: Reg, shape: Shape):
     return 0.5 * (Hm + Hm.T)
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "free_shift"))
-def _deflated_hvp(x, v, reg: Reg, shape: Shape, U, weights, free_shift: bool, sigma):
-    """(I − P) H (I − P) v + σ P v: H on the complement of the orbit tangent, the tangent lifted to σ."""
+def deflated_hvp(x, v, reg: Reg, shape: Shape, U, weights, free_shift: bool, sigma):
+    """(I − P) H (I − P) v + σ P v: H on the complement of the orbit tangent, the tangent lifted to σ (traceable;
+    the host path jits it below, the device path inside its Lanczos loop, eigensolvers.py)."""
     tangent = OrbitTangent(U, weights, free_shift, 0, 0)
     pv = project(tangent, x, v, shape)
     w = v - pv
     Hw = hvp(x, w, reg, shape)
     return Hw - project(tangent, x, Hw, shape) + sigma * pv
+
+
+_deflated_hvp = jax.jit(deflated_hvp, static_argnames=("shape", "free_shift"))
 
 
 class Eig(NamedTuple):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .critical import CriticalPoint, Tolerances, analyze_point, check_hessian
+from .critical import CriticalPoint, Tolerances, analyze_point, check_eigensolver, check_hessian
 from .model import flat_objective, flatten, unflatten
 from .problem import Problem, Reg
 from .solvers import Status, solve
@@ -59,7 +59,8 @@ def _stopped_short(classification: str) -> bool:
 
 
 def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances=Tolerances(), gtol=1e-9,
-           max_hops: int = 5, max_steps: int = 10000, solvers=ESCAPE_SOLVERS, steps=ESCAPE_STEPS) -> dict:
+           max_hops: int = 5, max_steps: int = 10000, solvers=ESCAPE_SOLVERS, steps=ESCAPE_STEPS,
+           eigensolver: str = "auto", hessian_dtype: str = "float64") -> dict:
     """Step from a strict saddle along its negative-curvature eigenvector (the sign that lowers f), minimise, and
     classify where it lands.
 
@@ -96,7 +97,8 @@ def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances
                     landed = {"objective": sol.objective, "classification": "not_critical" if finite else "nonfinite",
                               "grad_norm": sol.grad_norm}
                 else:
-                    cp = analyze_point(problem, sol.params, hessian=hessian, tolerances=tolerances)
+                    cp = analyze_point(problem, sol.params, hessian=hessian, tolerances=tolerances,
+                                       eigensolver=eigensolver, hessian_dtype=hessian_dtype)
                     landed = {"objective": cp.objective, "classification": cp.classification,
                               "grad_norm": cp.grad_norm}
                 attempts.append({"hop": hops + 1, "step": step, "solver": name, "status": status, "steps": sol.steps,
@@ -170,7 +172,8 @@ def _stage_progress(progress):
 def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian: str = "auto",
            tolerances: Tolerances = Tolerances(), gtol: float = 1e-10, with_escape: bool = True,
            progress: Optional[Callable] = None, solver="lm", seed: int = 0, max_steps: int = 500,
-           init_scale: Optional[float] = None, lr=None, dtype: str = "float64", rtol: float = 1e-6) -> Census:
+           init_scale: Optional[float] = None, lr=None, dtype: str = "float64", rtol: float = 1e-6,
+           eigensolver: str = "auto", hessian_dtype: str = "float64") -> Census:
     """Runs of ``solver`` (Levenberg–Marquardt: it converges to saddles too) from ``starts`` seeded random starts,
     start i with seed ``seed + i`` and scale ``init_scale`` or else ``scales[i % len(scales)]``; dedupe up to
     symmetry; classify each unique point; escape from each strict saddle.
@@ -191,7 +194,7 @@ def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian:
         raise UFMInputError("--init-scale", init_scale if init_scale is not None else scales,
                             "must be finite numbers ≥ 0")
     as_solver(solver, lr=lr)
-    check_hessian(problem, hessian, solver=solver)
+    check_eigensolver(problem, check_hessian(problem, hessian, solver=solver), eigensolver, hessian_dtype)
     report = _stage_progress(progress)
     t0 = time.perf_counter()
     unique, xs, statuses = [], [], {}
@@ -216,7 +219,8 @@ def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian:
     points = []
     for k, ((i, found), x) in enumerate(zip(unique, xs)):
         report(k, len(xs), "classifying")
-        cp = analyze_point(problem, x, hessian=hessian, tolerances=tolerances, label=f"start {i}")
+        cp = analyze_point(problem, x, hessian=hessian, tolerances=tolerances, label=f"start {i}",
+                           eigensolver=eigensolver, hessian_dtype=hessian_dtype)
         cp.found = found
         points.append(cp)
     report(len(xs), len(xs), "classifying")
@@ -224,7 +228,8 @@ def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian:
         saddles = [cp for cp in points if cp.classification == "strict_saddle"]
         for j, cp in enumerate(saddles):
             report(j, len(saddles), "escaping")
-            cp.escape = escape(problem, cp, hessian=hessian, tolerances=tolerances)
+            cp.escape = escape(problem, cp, hessian=hessian, tolerances=tolerances, eigensolver=eigensolver,
+                               hessian_dtype=hessian_dtype)
         report(len(saddles), len(saddles), "escaping")
     _judge_against_found(points, tolerances)
     return Census(points, starts, converged, time.perf_counter() - t0, solver=solver if isinstance(solver, str)

@@ -97,7 +97,8 @@ def render_landscape(rec: dict) -> str:
     """A readable table of analysed critical points; "—" where a number is missing (NaN/inf points, no theory)."""
     c, tol = rec["config"], rec["tolerances"]
     lines = [f"UFM landscape: K={c['K']} d={c['d']} n={sizes_text(c['n'])} loss={c['loss']} λ_W={_num(c['lam_W'], 'g')} "
-             f"λ_H={_num(c['lam_H'], 'g')} bias={c['bias']} — at {rec['at']}, Hessian {rec.get('hessian_method')}",
+             f"λ_H={_num(c['lam_H'], 'g')} bias={c['bias']} — at {rec['at']}, Hessian {rec.get('hessian_method')}"
+             + (f" ({rec['eigensolver']} eigensolver, {rec.get('hessian_dtype')})" if rec.get("eigensolver") else ""),
              f"tolerances: ‖∇f‖ ≤ {_num(tol['grad_tol'], 'g')} is critical; |θ| ≤ zero_tol is zero "
              f"({tol['zero_tol_rule']}); objective vs theory to {_num(tol['obj_tol'], 'g')} relative"]
     if c.get("solver") is not None:
