@@ -30,15 +30,11 @@ class Params(NamedTuple):
 
 
 def labels_of(shape: Shape):
-    # a NumPy constant (static class sizes): jnp.repeat with per-class counts would need total_repeat_length
-    return jnp.asarray(_class_major_labels(shape.counts))
-
-
-@functools.lru_cache(maxsize=64)
-def _class_major_labels(counts: tuple) -> np.ndarray:
-    labels = np.repeat(np.arange(len(counts)), counts)
-    labels.flags.writeable = False          # shared between traces: never mutated
-    return labels
+    # a NumPy constant (static class sizes): jnp.repeat with per-class counts would need total_repeat_length. int32
+    # in both precisions (K < 2³¹): the same program under a scoped float32 solve, and half the bytes of int64 indices.
+    # Built afresh at each trace: one cached array object, traced first under x64, came back as an int64 constant in
+    # a later scoped-float32 trace (observed: tests/test_solvers.py::test_stalled_status_in_float32 warned).
+    return jnp.asarray(np.repeat(np.arange(shape.K, dtype=np.int32), shape.counts))
 
 
 def logits(params: Params):
