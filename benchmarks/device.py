@@ -138,7 +138,8 @@ def _cpu_run(args, sizes) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def measure(args, sizes, budget, say) -> dict:
+def measure(args, sizes, budget, say, save=lambda res: None) -> dict:
+    """Every stage that fits in ``budget``; ``save(res)`` after each, so a run stopped from outside keeps its numbers."""
     import jax
 
     t_start = time.perf_counter()
@@ -146,8 +147,11 @@ def measure(args, sizes, budget, say) -> dict:
     res = {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
            "sizes": {}, "skipped": []}
     table = QUICK_SIZES if args.quick else SIZES
+    sweep_size = sizes[0]
     # rough seconds each stage needs at 1e6 on a GPU; scaled by size, used only to skip what cannot finish in time
     for name in sizes:
+        if name == sizes[-1] and len(sizes) > 2:
+            _sweeps(args, res, table, sweep_size, left, say, save, t_start)
         K, d, n = table[name]
         scale = (K * d * n) / 1e6
         row = res["sizes"].setdefault(name, {})
@@ -157,24 +161,33 @@ def measure(args, sizes, budget, say) -> dict:
                 continue
             say(f"[{name}] GEMM and value-and-gradient, {dtype}")
             row[f"grad_{dtype}"] = gemm_and_gradient(K, d, n, dtype)
-        if left() < 30 + 10 * scale:
+        if left() < 20 + 3 * scale:
             res["skipped"].append(f"{name} solve: budget")
             continue
         say(f"[{name}] solve (cold, warm) and λ_min")
         try:
-            row["solve"] = solve_and_curvature(K, d, n, do_curvature=left() > 60 + 20 * scale)
+            row["solve"] = solve_and_curvature(K, d, n, do_curvature=left() > 30 + 3 * scale)
         except Exception as exc:                   # out of device memory at 1e8, say: report it, go on
             row["solve"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-    sweep_size = sizes[0]
-    K, d, n = table[sweep_size]
-    for batch in ("on", "off"):
-        if left() < 90:
-            res["skipped"].append(f"sweep {sweep_size} batch={batch}: budget")
-            continue
-        say(f"[{sweep_size}] 100-point sweep, batch {batch}")
-        res.setdefault("sweep", {})[batch] = sweep_100(K, d, n, batch, os.path.join(args.tmp, f"sweep-{batch}.db"))
+        res["seconds"] = time.perf_counter() - t_start
+        save(res)
+    if "sweep" not in res and not any(x.startswith("sweep") for x in res["skipped"]):
+        _sweeps(args, res, table, sweep_size, left, say, save, t_start)
     res["seconds"] = time.perf_counter() - t_start
     return res
+
+
+def _sweeps(args, res, table, size, left, say, save, t_start):
+    """The 100-point sweep at ``size``, batched and not (the largest size comes after it: it may not fit)."""
+    K, d, n = table[size]
+    for batch in ("on", "off"):
+        if left() < 90:
+            res["skipped"].append(f"sweep {size} batch={batch}: budget")
+            continue
+        say(f"[{size}] 100-point sweep, batch {batch}")
+        res.setdefault("sweep", {})[batch] = sweep_100(K, d, n, batch, os.path.join(args.tmp, f"sweep-{batch}.db"))
+        res["seconds"] = time.perf_counter() - t_start
+        save(res)
 
 
 def _fmt(v, spec=".3g"):
@@ -246,7 +259,20 @@ def main():
     if bad:
         ap.error(f"--sizes: {bad} not among {list(table)}")
     say = (lambda m: print(m, file=sys.stderr, flush=True))
-    res = measure(args, sizes, args.budget, say)
+    out = args.out
+
+    def save(res, cpu=None):
+        if args.json_only:
+            return
+        path = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"device_{res['backend']}.md")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(markdown(res, cpu))
+        with open(os.path.splitext(path)[0] + ".json", "w") as fh:
+            json.dump({"this": res, "cpu": cpu}, fh, indent=1, default=str)
+        return path
+
+    res = measure(args, sizes, args.budget, say, save)
     if args.json_only:
         print(json.dumps(res, default=str))
         return
@@ -255,15 +281,9 @@ def main():
         say("CPU backend comparison (fresh process)")
         cpu = _cpu_run(args, sizes[:1])
     res["host"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
-    md = markdown(res, cpu)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"device_{res['backend']}.md")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        fh.write(md)
-    with open(os.path.splitext(out)[0] + ".json", "w") as fh:
-        json.dump({"this": res, "cpu": cpu}, fh, indent=1, default=str)
-    print(md)
-    print(f"wrote {out}")
+    path = save(res, cpu)
+    print(markdown(res, cpu))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

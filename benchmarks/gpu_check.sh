@@ -17,7 +17,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; python3 -c "import jax; print(jax.__version__, jax.devices())"; } 2>&1 | tee "$out/env.txt"
 if [ "$tests" != "none" ]; then
   args=(); [ "$tests" != "all" ] && read -ra args <<<"$tests"
-  timeout 420 python3 -m pytest -q -p no:cacheprovider -n 4 --timeout 240 "${args[@]}" 2>&1 | tail -40 | tee "$out/tests.txt"
+  timeout 100 python3 -m pytest -q -p no:cacheprovider -n 4 --timeout 90 "${args[@]}" 2>&1 | tail -40 | tee "$out/tests.txt"
 fi
-timeout $((budget + 150)) python3 benchmarks/device.py --budget "$budget" --cpu-budget 60 --tmp /tmp \
+timeout $((budget + 120)) python3 benchmarks/device.py --budget "$budget" --cpu-budget 40 --tmp /tmp \
   --out "$out/device.md" 2>&1 | tail -80 | tee "$out/device_log.txt"
