@@ -44,9 +44,11 @@ BATCH_MODES = ("auto", "on", "off")
 #: where ``batch="auto"`` solves a shape's points together under vmap (ufm.batch), by backend. Measured with
 #: benchmarks/bench_batch.py (100 points of one shape, warm): on the 2-core CPU the vmapped program took 12.9× the
 #: loop's time (the loop's XLA already keeps both cores busy, and under vmap every point runs each inner loop as long
-#: as the slowest one), so the CPU keeps the loop; elsewhere the batch fills a device one small solve leaves idle
-#: (benchmarks/device.py measures both there)
+#: as the slowest one), so the CPU keeps the loop. On a GPU it has not been measured yet (benchmarks/device.py does,
+#: and the one device session so far ran out of time before its sweep): until it is, ``auto`` keeps the loop there
+#: too, and ``--batch on`` asks for the batch
 BATCH_AUTO = {"cpu": False}
+BATCH_AUTO_UNMEASURED = False
 _SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 #: how long a Dask scheduler at --address may take to answer before the sweep gives up (exit 2)
 DASK_CONNECT_TIMEOUT_S = 10
@@ -235,8 +237,8 @@ def run_sweep(grid: Grid, store_path, *, workers: int = 1, executor: str = "loca
     or stored.
 
     ``batch``: ``on`` solves the points of one shape together in one vmapped program (ufm.batch) when the sweep runs
-    in-process; ``auto`` does so where it measured faster (BATCH_AUTO: on accelerators, not on the CPU); ``off``
-    never. The summary's ``batched`` and notes say what was used. Rows are the same either way (to round-off).
+    in-process; ``auto`` does so where it measured faster (BATCH_AUTO: nowhere yet — slower on the CPU, not yet
+    measured on a GPU); ``off`` never. The summary's ``batched`` and notes say what was used. Rows are the same either way (to round-off).
     """
     _check_run_args(executor, workers, address, batch)
     grid.validate()
@@ -376,7 +378,7 @@ def _use_batch(batch: str, executor: str, workers, todo) -> bool:
     """Batching runs in-process (one program per shape): with worker processes or Dask each point goes alone."""
     if batch == "off" or executor != "local" or workers != 1 or not todo:
         return False
-    return batch == "on" or BATCH_AUTO.get(_backend(), True)
+    return batch == "on" or BATCH_AUTO.get(_backend(), BATCH_AUTO_UNMEASURED)
 
 
 def _run_batched(todo, options: SweepOptions, record) -> None:
