@@ -75,7 +75,9 @@ def test_device_eigenpairs_match_dense_eigh_and_arpack(dtype):
         x = POINTS[name]()
         Hd, theta, perp_dense, tangent, sigma, norm = _dense(x)
         dev = DeviceCurvature(PROB, x, dtype)
-        low, high = dev.extremes()
+        low, high = dev.extremes(vectors=(0, 1) if dtype == "float32" else (0,))
+        if dtype == "float64":                   # one eigenvector a float64 run: λ_max's from a second run
+            high = dev.extremes(vectors=(1,))[1]
         perp = dev.smallest_deflated(tangent, sigma, norm)
         # a Ritz value is within its residual of the spectrum: by default a run asks residual ≤ 1e-10·‖H‖ in float64
         # (1% of the 1e-8·‖H‖ zero tolerance) and ≤ 1e-5·‖H‖ in float32 (its floor), and float32 adds the rounding of
@@ -105,7 +107,7 @@ def test_device_eigenpairs_match_dense_eigh_and_arpack(dtype):
         cp = analyze_point(PROB, x, hessian="lanczos", eigensolver="jax", hessian_dtype=dtype)
         assert cp.classification == analyze_point(PROB, x, hessian="dense").classification == expected
         assert cp.curvature["eigensolver"] == "jax" and cp.curvature["dtype"] == dtype and cp.curvature["matvecs"] > 0
-        rel = {"float64": 1e-8, "float32": 1e-4}[dtype]
+        rel = {"float64": 1e-8, "float32": 1e-3}[dtype]
         assert cp.zero_tol == pytest.approx(max(rel * max(abs(cp.max_eig), abs(cp.min_eig)), 1e2 * cp.grad_norm,
                                                 1e-5 * rel), rel=1e-9)
         if expected == "global_minimizer":
@@ -117,11 +119,11 @@ def test_device_eigenpairs_match_dense_eigh_and_arpack(dtype):
 
 def test_zero_tolerance_scales_with_the_dtype():
     t = Tolerances()
-    assert t.zero(2.0, 0.0) == pytest.approx(2e-8) and t.zero(2.0, 0.0, "float32") == pytest.approx(2e-4)
-    assert t.zero(0.0, 0.0) == pytest.approx(1e-13) and t.zero(0.0, 0.0, "float32") == pytest.approx(1e-9)
-    assert t.zero(2.0, 1e-5, "float32") == pytest.approx(1e-3)         # 1e2·‖∇f‖ dominates
+    assert t.zero(2.0, 0.0) == pytest.approx(2e-8) and t.zero(2.0, 0.0, "float32") == pytest.approx(2e-3)
+    assert t.zero(0.0, 0.0) == pytest.approx(1e-13) and t.zero(0.0, 0.0, "float32") == pytest.approx(1e-8)
+    assert t.zero(2.0, 1e-4, "float32") == pytest.approx(1e-2)         # 1e2·‖∇f‖ dominates
     assert Tolerances(zero_tol=0.5).zero(2.0, 0.0, "float32") == 0.5
-    assert t.zero_rule("float32") == "max(1e-4·‖∇²f‖₂, 1e2·‖∇f‖)" and t.zero_rule() == "max(1e-8·‖∇²f‖₂, 1e2·‖∇f‖)"
+    assert t.zero_rule("float32") == "max(1e-3·‖∇²f‖₂, 1e2·‖∇f‖)" and t.zero_rule() == "max(1e-8·‖∇²f‖₂, 1e2·‖∇f‖)"
 
 
 def test_auto_picks_by_backend_dtype_and_size():
@@ -158,7 +160,7 @@ def test_landscape_cli_records_the_eigensolver(capsys):
     assert main([*args, "--eigensolver", "jax", "--hessian-dtype", "float32", "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["eigensolver"] == "jax" and rec["hessian_dtype"] == "float32"
-    assert rec["tolerances"]["zero_tol_rule"] == "max(1e-4·‖∇²f‖₂, 1e2·‖∇f‖)"
+    assert rec["tolerances"]["zero_tol_rule"] == "max(1e-3·‖∇²f‖₂, 1e2·‖∇f‖)"
     p = rec["critical_points"][0]
     assert p["classification"] == "strict_saddle" and p["curvature"]["dtype"] == "float32"
     assert main([*args, "--eigensolver", "jax"]) == 0

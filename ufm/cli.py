@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "Hessian-vector product on the device; auto: jax on a GPU/TPU, on a CPU by size (default auto)")
     g.add_argument("--hessian-dtype", choices=("float64", "float32"), default="float64",
                    help="matrix-free path, JAX eigensolver: float32 halves the memory of large problems; its zero "
-                   "tolerance is 1e-4·‖∇²f‖ instead of 1e-8 and residuals are still measured in float64")
+                   "tolerance is 1e-3·‖∇²f‖ instead of 1e-8 and residuals are still measured in float64")
     g.add_argument("--grad-tol", type=_float, default=1e-8, help="‖∇f‖ at or below it is critical (default 1e-8)")
     g.add_argument("--zero-tol", type=_float, help="|eigenvalue| at or below it is zero (default max(1e-8‖∇²f‖, 1e2‖∇f‖))")
     g.add_argument("--no-escape", action="store_true", help="skip the escape runs from strict saddles")

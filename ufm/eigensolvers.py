@@ -35,24 +35,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-#: Krylov basis size (P-vectors per cycle, kept Ritz vectors included) and Ritz vectors kept across a restart.
-#: Measured at the NC optimum and at random points (benchmarks/bench_eigs.py): 20 and 6 converge in one to three
-#: cycles at the NC optimum, where the spectrum is a few clusters; a larger basis buys little and costs 80 MB a vector
-#: at 10⁷ parameters.
+#: Krylov basis size (P-vectors per cycle, kept Ritz vectors included) and Ritz vectors kept across a restart. At an
+#: NC optimum every size from 12 up converges within the first cycle (10–11 products at 2·10³–10⁷ parameters); at
+#: random points (a spread spectrum) 20/6 took 200–480 products, like ARPACK's 20-vector basis, 16/6 1.15–1.3× that,
+#: 14/6 1.4–1.5× (P = 2210 and 16 820). Each vector is 80 MB at 10⁷ parameters, so from LARGE_PARAMS on the basis is
+#: BASIS_LARGE: at 10⁷ that keeps the whole `ufm landscape` under 3 GB in float64 (benchmarks/results/eigs_cpu.md).
 BASIS = 20
 KEEP = 6
+BASIS_LARGE = 14
+LARGE_PARAMS = 2_000_000
 #: restart cycles before giving up (each costs BASIS − KEEP products): ≥ 7000 products, more than ARPACK's default
 MAX_CYCLES = 500
-#: P-vectors alive at the peak of one solve beyond the basis (BASIS + 1 rows) and the new Ritz vectors (KEEP): the
-#: Gram–Schmidt vector and its replacement at a breakdown, the start vector and the two returned Ritz vectors
+#: P-vectors alive at the peak of one solve beside the basis, in the solver's dtype: XLA's buffer assignment
+#: (compiled.memory_analysis() at K = d = 100, n = 1000, float64) gives temporaries of basis + 3 vectors plus one
+#: HVP's temporaries (7 vectors there: they scale with N·K, not P), and arguments and results of 3 in float64 (x, the
+#: start vector, the one returned Ritz vector; float32 returns two). The kept Ritz vectors cost no more.
 EXTRA_VECTORS = 6
 #: convergence: a Ritz pair's residual ≤ RESIDUAL_FRACTION × the zero tolerance the point is classified with
 #: (critical.Tolerances: max(1e-8·‖∇²f‖, 1e2·‖∇f‖) in float64). An eigenvalue lies within its residual of the spectrum,
 #: so a reported θ is off by at most 1% of zero_tol and can change a comparison θ ≶ ±zero_tol only inside that 1% band
 #: (ARPACK's tol = 1e-10 on σI − H with σ ≥ 1 allows an error of 1e-10 absolute, above zero_tol whenever ‖∇²f‖ < 1e-2).
 RESIDUAL_FRACTION = 0.01
-#: the relative residual a Lanczos run in each dtype can reach (round-off floors near ε·‖A‖·√m): float32's 1e-5 is
-#: 0.1 × its 1e-4 zero tolerance, so in float32 the band above is 10%.
+#: the relative residual a Lanczos run in each dtype can reach on its own operator (round-off floors near ε·‖A‖·√m):
+#: float32's 1e-5 is 1% of its 1e-3 zero tolerance (the float32 product's own error, larger at large N, is what the
+#: float64 residuals measure; critical.ZERO_RTOL).
 RTOL_FLOOR = {"float64": 1e-12, "float32": 1e-5}
 
 
@@ -61,9 +67,15 @@ def residual_tolerance(zero_rel: float, zero_abs: float, dtype: str = "float64")
     return max(RESIDUAL_FRACTION * zero_rel, RTOL_FLOOR[dtype]), RESIDUAL_FRACTION * zero_abs
 
 
-def vectors_kept(basis: int = BASIS, keep: int = KEEP) -> int:
-    """P-vectors one JAX-native eigensolve keeps alive at its peak (for resources.py), HVP temporaries excluded."""
-    return basis + 1 + keep + EXTRA_VECTORS
+def basis_size(num_params: int) -> int:
+    """The Krylov basis used at this many parameters."""
+    return BASIS if num_params < LARGE_PARAMS else BASIS_LARGE
+
+
+def vectors_kept(num_params: int) -> int:
+    """P-vectors (in the Hessian dtype) one JAX-native eigensolve keeps alive at its peak, for resources.py; one
+    Hessian-vector product's temporaries (N×K arrays) come on top."""
+    return basis_size(num_params) + EXTRA_VECTORS
 
 
 class LanczosResult(NamedTuple):
@@ -72,7 +84,7 @@ class LanczosResult(NamedTuple):
     number of operator products and cycles, and whether the wanted end(s) met the tolerance."""
 
     values: jax.Array          # (2,)
-    vectors: jax.Array         # (2, P) unit Ritz vectors
+    vectors: jax.Array         # (2, P) unit Ritz vectors (one row when _device_solve is asked for one)
     estimates: jax.Array       # (2,)
     scale: jax.Array
     matvecs: jax.Array
@@ -218,12 +230,14 @@ class EigensolverNoConvergence(ArithmeticError):
     """The JAX-native Lanczos ran MAX_CYCLES restarts without the wanted residual (as ARPACK raises its own)."""
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "free_shift", "basis", "keep", "max_cycles"))
-def _device_solve(x, reg, v0, U, weights, sigma, rtol, atol, scale, deflate, which, *, shape, free_shift: bool, basis: int,
-                  keep: int, max_cycles: int):
+@functools.partial(jax.jit, static_argnames=("shape", "free_shift", "basis", "keep", "max_cycles", "n_out"))
+def _device_solve(x, reg, v0, U, weights, sigma, rtol, atol, scale, deflate, which, out_row, *, shape, free_shift: bool,
+                  basis: int, keep: int, max_cycles: int, n_out: int):
     """One compiled program per shape and dtype serves ∇²f (deflate False) and the deflated operator, at any end:
     ``deflate`` and ``which`` are traced, and lax.cond runs one operator per product. Returns the LanczosResult and
-    the measured residuals ‖Av − θv‖ of its two pairs from fresh products (NaN for a pair that is not wanted)."""
+    the measured residuals ‖Av − θv‖ of its two pairs from fresh products (NaN for a pair that is not wanted). With
+    ``n_out`` = 1 the result holds one vector, pair ``out_row``'s (0: the low end, 1: the high end): 80 MB less at
+    10⁷ parameters, at the peak."""
     from .hessian import deflated_hvp, hvp
 
     def op(v):
@@ -240,7 +254,10 @@ def _device_solve(x, reg, v0, U, weights, sigma, rtol, atol, scale, deflate, whi
         v, theta = res.vectors[i], res.values[i]
         return out.at[i].set(jnp.linalg.norm(op(v) - theta * v))
 
-    return res, jax.lax.fori_loop(lo, hi, measure, jnp.full(2, jnp.nan, v0.dtype))
+    measured = jax.lax.fori_loop(lo, hi, measure, jnp.full(2, jnp.nan, v0.dtype))
+    if n_out == 1:
+        res = res._replace(vectors=res.vectors[out_row][None])
+    return res, measured
 
 
 class DeviceCurvature:
@@ -250,7 +267,7 @@ class DeviceCurvature:
     is reported rests neither on the solver's own estimate nor on float32 round-off."""
 
     def __init__(self, problem, x, dtype: str = "float64", *, tolerance: tuple[float, float] | None = None,
-                 basis: int = BASIS, keep: int = KEEP, max_cycles: int = MAX_CYCLES, seed: int = 0):
+                 basis: int | None = None, keep: int = KEEP, max_cycles: int = MAX_CYCLES, seed: int = 0):
         from .problem import Reg
 
         self.problem = problem
@@ -263,16 +280,24 @@ class DeviceCurvature:
         self.x = jnp.asarray(x, dtype)                    # no copy when x is already a device array of this dtype
         self.reg = Reg(*(jnp.asarray(v, dtype) for v in problem.reg))
         self.P = int(self.x.size)
-        self.basis, self.keep, self.max_cycles = basis, keep, max_cycles
+        self.basis = basis_size(self.P) if basis is None else basis
+        self.keep, self.max_cycles = keep, max_cycles
         self.rng = np.random.default_rng(seed)
         self.matvecs = 0
 
-    def _run(self, which: str, *, tangent=None, sigma=0.0, scale=0.0):
+    def _run(self, which: str, *, tangent=None, sigma=0.0, scale=0.0, vectors=(0,)):
         # free_shift is the problem's, not the tangent's (the same by construction), so that the plain and the
         # deflated run share one compiled program
         from .hessian import Eig, MatrixFree, NonFiniteCurvature
         from .symmetry import has_free_shift
 
+        wanted = {"min": (0,), "max": (1,), "both": (0, 1)}[which]
+        # float32 brings every wanted vector home (its residuals are measured there, in float64); float64 only the
+        # one vector the caller asked for (one compiled program either way)
+        if self.dtype == "float64" and len(vectors) > 1:
+            raise ValueError("float64 returns one eigenvector a run: ask for vectors=(0,) or (1,)")
+        own = vectors[0] if vectors else wanted[0]
+        n_out = 1 if self.dtype == "float64" else 2
         v0 = jnp.asarray(self.rng.standard_normal(self.P), self.dtype)
         d = self.shape.d
         U = jnp.zeros((d, d), self.dtype) if tangent is None else jnp.asarray(tangent.U, self.dtype)
@@ -283,32 +308,39 @@ class DeviceCurvature:
             res, measured = _device_solve(self.x, self.reg, v0, U, w, jnp.asarray(sigma, self.dtype),
                                           jnp.asarray(self.rtol, self.dtype), jnp.asarray(self.atol, self.dtype),
                                           jnp.asarray(scale, self.dtype),
-                                          jnp.asarray(tangent is not None), jnp.asarray(WHICH[which]), shape=self.shape,
+                                          jnp.asarray(tangent is not None), jnp.asarray(WHICH[which]),
+                                          jnp.asarray(own), shape=self.shape,
                                           free_shift=has_free_shift(self.problem), basis=self.basis,
-                                          keep=self.keep, max_cycles=self.max_cycles)
+                                          keep=self.keep, max_cycles=self.max_cycles, n_out=n_out)
+        del v0
         n = int(res.matvecs)
-        self.matvecs += n + (2 if which == "both" else 1)
-        values, vectors = np.asarray(res.values, np.float64), np.asarray(res.vectors, np.float64)
-        if not (np.all(np.isfinite(values)) and np.all(np.isfinite(vectors))):
+        self.matvecs += n + len(wanted)
+        values = np.asarray(res.values, np.float64)
+        rows = {own: 0} if n_out == 1 else {0: 0, 1: 1}
+        need = (set(wanted) if self.dtype != "float64" else set()) | set(vectors)
+        vecs = {i: np.asarray(res.vectors[rows[i]], np.float64) for i in need}
+        if not (np.all(np.isfinite(values[list(wanted)])) and all(np.all(np.isfinite(v)) for v in vecs.values())):
             raise NonFiniteCurvature("Hessian-vector product (JAX-native Lanczos)")
         if not bool(res.converged):
             raise EigensolverNoConvergence(
                 f"{which} end: residual estimate {float(np.max(np.asarray(res.estimates))):.2e} > max({self.rtol:g}·‖A‖, "
                 f"{self.atol:.2e}) (‖A‖ ≈ {float(res.scale):.2e}) after {n} products")
+        del res
         if self.dtype == "float64":
             residuals = np.asarray(measured, np.float64)
         else:
             exact = MatrixFree(self.problem, np.asarray(self.x64, np.float64))
             op = None if tangent is None else exact.H_deflated(tangent, sigma)
-            wanted = {"min": (0,), "max": (1,), "both": (0, 1)}[which]
-            residuals = [exact.residual(values[i], vectors[i], op) if i in wanted else np.nan for i in (0, 1)]
-        return [Eig(float(values[i]), vectors[i], float(residuals[i]), n) for i in (0, 1)]
+            residuals = [exact.residual(values[i], vecs[i], op) if i in wanted else np.nan for i in (0, 1)]
+        return [Eig(float(values[i]), vecs[i] if i in vectors else None, float(residuals[i]), n) for i in (0, 1)]
 
-    def extremes(self):
-        """(λ_min pair, λ_max pair) of ∇²f from one run that converges both ends."""
-        low, high = self._run("both")
+    def extremes(self, vectors=(0,)):
+        """(λ_min pair, λ_max pair) of ∇²f from one run that converges both ends; ``vectors``: which of the two
+        eigenvectors to return (0: λ_min's, 1: λ_max's; the other is None; float64 returns at most one)."""
+        low, high = self._run("both", vectors=vectors)
         return low, high
 
-    def smallest_deflated(self, tangent, sigma: float, scale: float):
-        """λ_min⊥: the smallest eigenpair of (I − P)∇²f(I − P) + σP (P: the orbit tangent projector)."""
-        return self._run("min", tangent=tangent, sigma=sigma, scale=scale)[0]
+    def smallest_deflated(self, tangent, sigma: float, scale: float, vector: bool = True):
+        """λ_min⊥: the smallest eigenpair of (I − P)∇²f(I − P) + σP (P: the orbit tangent projector); its vector is
+        None unless ``vector``."""
+        return self._run("min", tangent=tangent, sigma=sigma, scale=scale, vectors=(0,) if vector else ())[0]
