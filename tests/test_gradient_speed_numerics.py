@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.hessian import hvp
 from ufm.losses import CrossEntropy, FocalLoss, LabelSmoothing, RescaledMSE, UserLoss, has_closed_form
+import ufm.model as ufm_model
 from ufm.model import flat_objective, flatten, unflatten
 
 EPS = np.finfo(np.float64).eps
@@ -180,16 +180,24 @@ def test_gradient_and_hvp_finite_at_saturation_through_the_objective():
 # --- the objective: value, gradient, HVP ----------------------------------------------------------------------
 
 _slow = pytest.mark.slow           # each case compiles its own programs (~3 s of CPU): the default run keeps four
-CASES = [(dict(loss="ce"), "regularized"), (dict(loss="fl", gamma=0.5), "free"), (dict(loss="ls", alpha=0.2), "none"),
-         (dict(loss="mse", kappa=2.0, beta=1.5), "regularized"),
-         pytest.param(dict(loss="fl", gamma=2.0), "none", marks=_slow),
-         pytest.param(dict(loss="fl", gamma=5.0), "regularized", marks=_slow),
-         pytest.param(dict(loss="ls", alpha=0.0), "free", marks=_slow),
-         pytest.param(dict(loss="mse", kappa=0.3, beta=2.0), "none", marks=_slow)]
+# (loss, bias mode, logit layout): "rows" forces the (N, K) layout that ufm.model takes for large N
+CASES = [(dict(loss="ce"), "regularized", "rows"), (dict(loss="fl", gamma=0.5), "free", "columns"),
+         (dict(loss="ls", alpha=0.2), "none", "rows"), (dict(loss="mse", kappa=2.0, beta=1.5), "regularized", "columns"),
+         pytest.param(dict(loss="ce"), "free", "columns", marks=_slow),
+         pytest.param(dict(loss="fl", gamma=2.0), "none", "rows", marks=_slow),
+         pytest.param(dict(loss="fl", gamma=5.0), "regularized", "columns", marks=_slow),
+         pytest.param(dict(loss="ls", alpha=0.0), "free", "columns", marks=_slow),
+         pytest.param(dict(loss="mse", kappa=0.3, beta=2.0), "none", "rows", marks=_slow)]
 
 
-@pytest.mark.parametrize("kw, bias", CASES)
-def test_objective_derivatives_match_old_and_finite_differences(kw, bias):
+def _force_layout(monkeypatch, layout):
+    # the layout is chosen at trace time from N; each test traces fresh functions, so the choice takes effect
+    monkeypatch.setattr(ufm_model, "COLUMNS_MAX_ROW_BYTES", 0 if layout == "rows" else 1 << 40)
+
+
+@pytest.mark.parametrize("kw, bias, layout", CASES)
+def test_objective_derivatives_match_old_and_finite_differences(kw, bias, layout, monkeypatch):
+    _force_layout(monkeypatch, layout)
     prob = ufm.Problem.create(4, 3, (3, 5, 2, 4), lam_W=0.03, lam_H=0.007, lam_b=0.0 if bias == "free" else 0.011,
                               bias=bias != "none", **kw)
     rng = np.random.default_rng(3)
@@ -203,7 +211,8 @@ def test_objective_derivatives_match_old_and_finite_differences(kw, bias):
         f_new, g_new = jax.vmap(lambda h: jax.value_and_grad(flat_objective)(x + h * v, reg, shape))(hs)
         grad_old = jax.grad(_old_flat_objective)
         H_old, g_old = jax.jacfwd(lambda y: (grad_old(y, reg, shape),) * 2, has_aux=True)(x)
-        return f_new[0], g_new, _old_flat_objective(x, reg, shape), g_old, hvp(x, v, reg, shape), H_old @ v
+        Hv = jax.jvp(lambda y: jax.grad(flat_objective)(y, reg, shape), (x,), (v,))[1]     # what ufm.hessian.hvp does
+        return f_new[0], g_new, _old_flat_objective(x, reg, shape), g_old, Hv, H_old @ v
 
     f_new, g_h, f_old, g_old, Hv, Hv_old = jax.tree.map(np.asarray, run(x, v))
     # logits of order 1: the same sums up to the order of ~14 terms; 1e-13 as for the per-sample values
@@ -257,14 +266,18 @@ def test_user_loss_takes_the_generic_autodiff_path(rng):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="counts XLA:CPU's matrix products")
-@pytest.mark.parametrize("loss", ["fl", "mse"])       # a gap loss and the non-softmax one (same model path)
-def test_compiled_programs_do_exactly_the_needed_gemms(loss):
+@pytest.mark.parametrize("loss, layout", [("fl", "columns"), ("mse", "rows")])
+def test_compiled_programs_do_exactly_the_needed_gemms(loss, layout, monkeypatch):
     # value-and-gradient: W H, G Hᵀ, Wᵀ G; HVP: W H, dW H, W dH, dG Hᵀ, G dHᵀ, Wᵀ dG, dWᵀ G. A recomputed forward
-    # (no sharing between f, ∇f and the HVP) would show up as extra products.
+    # (no sharing between f, ∇f and the HVP) would show up as extra products, a dot_general transpose as a transpose.
+    _force_layout(monkeypatch, layout)
     prob = ufm.Problem.create(5, 6, 7, lam=1e-2, loss=loss)
     x = jnp.zeros(prob.num_params)
-    vg = jax.jit(jax.value_and_grad(flat_objective), static_argnums=2).lower(x, prob.reg, prob.shape)
-    hv = hvp.lower(x, x, prob.reg, prob.shape)
-    count = lambda lowered: lowered.compile().as_text().count(" dot(")
-    assert count(vg) == 3
-    assert count(hv) == 7
+    vg = jax.jit(lambda x: jax.value_and_grad(flat_objective)(x, prob.reg, prob.shape)).lower(x)
+    hv = jax.jit(lambda x, v: jax.jvp(lambda y: jax.grad(flat_objective)(y, prob.reg, prob.shape), (x,), (v,))[1])
+    for lowered, gemms in ((vg, 3), (hv.lower(x, x), 7)):
+        text = lowered.compile().as_text()
+        assert text.count(" dot(") == gemms
+        assert " transpose(" not in text
+        logits_type = f"[{prob.N},{prob.K}]" if layout == "rows" else f"[{prob.K},{prob.N}]"
+        assert f"{logits_type}{{1,0}} dot(" in text          # the logits come out of W H in the chosen layout

@@ -3,9 +3,9 @@
     f(W, H, b) = (1/N) Σ_{k,i} L(W h_{k,i} + b, y_k) + λ_W/2 ‖W‖_F² + λ_H/2 ‖H‖_F² + λ_b/2 ‖b‖²      (7)
 
 The solvers work on one flat vector x = [vec W, vec H, b] cut by static slices: docs/theory.md §9 measured
-``ravel_pytree``'s unravel in the hot loop at 4–15× slower gradients. The data term is evaluated on Z = W H + b 1ᵀ in
-its natural (K, N) layout, through the loss's closed-form logit derivatives (ufm.losses): a gradient costs the three
-GEMMs W H, G Hᵀ, Wᵀ G plus a few fused passes over Z (benchmarks/bench_gradient.py measures the ratio).
+``ravel_pytree``'s unravel in the hot loop at 4–15× slower gradients. For the built-in losses the data term goes
+through their closed-form logit derivatives (ufm.losses) inside one custom JVP rule: a gradient costs the three
+GEMMs W H, G Hᵀ, Wᵀ G plus a few fused passes over the logits (benchmarks/bench_gradient.py measures the ratio).
 """
 
 from __future__ import annotations
@@ -43,35 +43,56 @@ def logits(params: Params):
     return Z if params.b is None else Z + params.b[None, :]
 
 
+#: The closed-form data term keeps the logits as (K, N) columns W H, as XLA's dot writes them, while one row of N
+#: entries takes at most this many bytes, and as (N, K) rows (W H)ᵀ beyond. Measured on XLA:CPU (2 cores, jax 0.10.2,
+#: docs/theory.md §9): a reduction over the K rows of a (K, N) array slows ~6–15× once a row exceeds 64 KiB (f64: N >
+#: 8192; f32: N > 16384), while over the classes of (N, K) rows it does not; below that the (K, N) products W H and
+#: G Hᵀ are ~15% faster than their (N, K) forms (K = 100). Both layouts give the same numbers up to the order of sums.
+COLUMNS_MAX_ROW_BYTES = 64 * 1024
+
+
 def data_term(params: Params, shape: Shape):
-    """g = (1/N) Σ_{k,i} L(z_{k,i}, y_k): the loss part of (7), on the (K, N) logits Z = W H + b 1ᵀ."""
+    """g = (1/N) Σ_{k,i} L(z_{k,i}, y_k): the loss part of (7)."""
     if has_closed_form(shape.loss):
         return _closed_form_data(shape, params.W, params.H, params.b)
-    return shape.loss.mean(_logits_kn(params.W, params.H, params.b), labels_of(shape), axis=0)
+    return jnp.mean(shape.loss(logits(params), labels_of(shape)))
 
 
-def _logits_kn(W, H, b):
-    Z = W @ H
-    return Z if b is None else Z + b[:, None]
+def _class_axis(shape: Shape, dtype) -> int:
+    return 0 if shape.N * jnp.dtype(dtype).itemsize <= COLUMNS_MAX_ROW_BYTES else -1
+
+
+def _logits_along(W, H, b, axis):
+    if axis == 0:
+        return W @ H if b is None else W @ H + b[:, None]
+    # Hᵀ Wᵀ as one dot_general with (N, K) output: its JVP's products dH·W, H·dW are then (N, K) too ((W H)ᵀ had
+    # XLA form them as (K, N) and add a strided transposing copy in the HVP)
+    Z = jax.lax.dot_general(H, W, (((0,), (1,)), ((), ())))
+    return Z if b is None else Z + b[None, :]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _closed_form_data(shape: Shape, W, H, b):
-    return mean_and_grad(shape.loss, _logits_kn(W, H, b), labels_of(shape), 0)[0]
+    axis = _class_axis(shape, W.dtype)
+    return mean_and_grad(shape.loss, _logits_along(W, H, b, axis), labels_of(shape), axis)[0]
 
 
 @_closed_form_data.defjvp
 def _closed_form_data_jvp(shape, primals, tangents):
-    """dg = ⟨G Hᵀ, dW⟩ + ⟨Wᵀ G, dH⟩ + ⟨G 1, db⟩ with G = ∂g/∂Z. Written with the gradient blocks themselves, reverse
-    mode transposes only these inner products (no dot_general transposes), and the HVP (forward over reverse) is
-    forward-mode GEMMs in the natural layouts: W H, dW H + W dH, dG Hᵀ + G dHᵀ, Wᵀ dG + dWᵀ G."""
+    """dg = ⟨G Hᵀ, dW⟩ + ⟨Wᵀ G, dH⟩ + ⟨G 1, db⟩ with G = ∂g/∂(W H) (K × N; its transpose in the rows layout). Written
+    with the gradient blocks themselves, reverse mode transposes only these inner products (no dot_general
+    transposes, which XLA left as a strided copy of ∂f/∂H in the HVP), and the HVP (forward over reverse) is seven
+    forward-mode GEMMs: W H, dW H + W dH, dG Hᵀ + G dHᵀ, Wᵀ dG + dWᵀ G."""
     W, H, b = primals
     dW, dH, db = tangents
-    g, G = mean_and_grad(shape.loss, _logits_kn(W, H, b), labels_of(shape), 0)
-    dg = jnp.vdot(G @ H.T, dW) + jnp.vdot(W.T @ G, dH)
-    if b is not None:
-        dg = dg + jnp.vdot(jnp.sum(G, axis=1), db)
-    return g, dg
+    axis = _class_axis(shape, W.dtype)
+    g, G = mean_and_grad(shape.loss, _logits_along(W, H, b, axis), labels_of(shape), axis)
+    if axis == 0:
+        gW, gH, gb = G @ H.T, W.T @ G, jnp.sum(G, axis=1)
+    else:
+        gW, gH, gb = G.T @ H.T, W.T @ G.T, jnp.sum(G, axis=0)
+    dg = jnp.vdot(gW, dW) + jnp.vdot(gH, dH)
+    return g, dg if b is None else dg + jnp.vdot(gb, db)
 
 
 def objective(params: Params, reg: Reg, shape: Shape):
