@@ -213,6 +213,7 @@ def test_duck_typed_arrays_are_accepted():
                        bounds=False) == plain
 
 
+@pytest.mark.slow            # --hessian compiles the dense Hessian path (~20 s under load)
 def test_hessian_at_the_optimum_is_a_global_minimizer(capsys, tmp_path):
     p = Problem.create(3, 2, 2, lam=1e-2)
     W, H, y, b = shuffled(p, theory_point(p))

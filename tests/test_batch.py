@@ -15,7 +15,9 @@ from ufm.model import flatten
 LAMS = (1e-3, 5e-3, 2e-2)
 
 
-@pytest.mark.parametrize("loss,bias", [("ce", True), ("mse", False), ("fl", True)])
+# one loss in the default run, the others in the slow tier (each compiles a vmapped Newton-CG chain, ~20 s loaded)
+@pytest.mark.parametrize("loss,bias", [("mse", False), pytest.param("ce", True, marks=pytest.mark.slow),
+                                       pytest.param("fl", True, marks=pytest.mark.slow)])
 def test_batch_equals_lone_solves(loss, bias):
     problems = [ufm.Problem.create(K=3, d=4, n=3, lam=lam, loss=loss, bias=bias) for lam in LAMS]
     seeds = [0, 7, 3]
@@ -50,6 +52,7 @@ def test_batch_refuses_mixed_shapes_and_seed_counts():
         solve_batch([a], [-1])
 
 
+@pytest.mark.slow            # two sweeps (~13 s loaded)
 def test_sweep_batched_rows_match_the_loop(tmp_path, capsys):
     argv = ["sweep", "-K", "3", "-d", "4", "-n", "3", "--lam", "1e-3,1e-2", "--seed", "0,1", "--quiet", "--json"]
     rows = {}

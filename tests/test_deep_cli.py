@@ -27,6 +27,7 @@ def test_depth_one_is_bit_for_bit_eq7(capsys):
     assert "depth" not in recs[0]["config"]              # the store and the cache see today's problem
 
 
+@pytest.mark.slow            # end-to-end CLI compile at depth (~15 s); the bit-for-bit depth-1 test stays in the default run
 def test_deep_record_json_and_human(capsys, tmp_path):
     args = ["-K", "4", "-d", "4", "-n", "3", "--lam", "3e-3", "--no-bias", "--depth", "2", "--init-scale", "1",
             "--seed", "2"]
@@ -65,6 +66,7 @@ def test_deep_record_low_rank_search(capsys):
     assert rec["deep_nc"]["logit_rank"] == 2 and th["gap"] < -5e-3
 
 
+@pytest.mark.slow
 def test_relu_deep_record(capsys):
     code, rec = run(capsys, "-K", "3", "-d", "4", "-n", "2", "--lam", "5e-3", "--depth", "3", "--activation", "relu",
                     "--widths", "5,3", "--lam-layers", "5e-3,1e-2,2e-3", "--no-bounds")

@@ -150,6 +150,7 @@ def test_choices_that_would_be_ignored_or_unknown_are_refused(method, eigensolve
     assert err.value.flag == flag and "\n" not in str(err.value)
 
 
+@pytest.mark.slow            # a full `ufm landscape` run (~25 s under load); the eigenpair oracles stay in the default run
 def test_landscape_cli_records_the_eigensolver(capsys):
     import json
 

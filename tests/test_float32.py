@@ -19,7 +19,7 @@ def test_default_tolerances_by_dtype():
     assert all(a > b for a, b in zip(DEFAULT_TOLERANCES["float32"], DEFAULT_TOLERANCES["float64"]))
 
 
-@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize("loss", ["mse", pytest.param("ce", marks=pytest.mark.slow)])
 def test_float32_solve_converges_at_float32_scale(loss):
     p = ufm.Problem.create(K=4, d=6, n=5, lam=5e-3, loss=loss)
     s32 = ufm.solve(p, dtype="float32")
