@@ -241,7 +241,9 @@ def test_ctrl_c_stops_a_long_solve_within_seconds(tmp_path, sig, said):
     # 10⁸ gradient steps would take about an hour; the solver loop runs in chunks, so the signal lands in ≪ 1 s
     cmd = [sys.executable, "-m", "ufm.cli", "solve", *SMALL, "--solver", "gd", "--gtol", "1e-300",
            "--max-steps", "100000000", "--verbose"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIG_DFL in the child: a background job (`pytest … &`) inherits SIGINT ignored, a user at a terminal does not
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stderr.readline()             # the first chunk has run: we are inside the solver loop
         assert "step" in line, line

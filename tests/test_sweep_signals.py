@@ -27,10 +27,16 @@ def _env():
     return env
 
 
+def _sigint_default():
+    # a shell runs a background job (`pytest … &`) with SIGINT ignored and children inherit that: the ufm process
+    # under test must see Ctrl-C as a user at a terminal does
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(store, *extra):
     cmd = [sys.executable, "-m", "ufm.cli", "sweep", *GRID, "--store", str(store), *extra]
     return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+                            env=_env(), preexec_fn=_sigint_default)
 
 
 def _rows(store) -> int:
