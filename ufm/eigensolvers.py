@@ -28,7 +28,6 @@ which is 0 at an NC minimum, docs/theory.md §9), and the orbit-deflated (I − 
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -150,7 +149,7 @@ def thick_restart_lanczos(matvec, v0, *, which: str = "both", rtol=1e-10, atol=0
     def step(carry):
         """One Lanczos step from row j of V: column j of the projected matrix, row j + 1 of V (after the last row,
         the residual direction r instead), and the end pairs' residual estimates on the rows so far."""
-        j, V, Hc, r, beta, sc, err, cycles = carry
+        j, V, Hc, _, beta, sc, _, cycles = carry
         w = matvec(V[j])
         mask = (rows <= j).astype(dtype)
         w, h = orthogonalize(V, w, mask)
@@ -212,9 +211,11 @@ HESSIAN_DTYPES = ("float64", "float32")
 
 #: parameter count from which ``auto`` takes the JAX-native solver on a CPU (on a GPU or TPU it always does: there
 #: every ARPACK product would cross the bus). Measured by benchmarks/bench_eigs.py at the NC optimum (benchmarks/
-#: results/eigs_cpu.md): a repeated call takes 0.25–0.30× ARPACK's time at every size from 2·10⁴ to 10⁶, but the
-#: first call at a shape pays the compilation of the solver, 1.27× ARPACK at 2·10⁴ parameters, 0.93× at 1.1·10⁵.
-JAX_MIN_PARAMS_CPU = 100_000
+#: results/eigs_cpu.md): a repeated call at one shape takes 0.16–0.30× ARPACK's time at every size from 2·10⁴ to 10⁶,
+#: but the first call pays the solver's compilation: 1.3–1.7× ARPACK at 2·10⁴ parameters, 0.9–2.1× at 1.1·10⁵, 0.4–0.5×
+#: at 10⁶ (two runs on the shared machine). The first call breaks even where 40 fewer products pay for ~2 s of
+#: compilation, an HVP of ~50 ms: about 3·10⁵ parameters here.
+JAX_MIN_PARAMS_CPU = 300_000
 
 
 def choose_eigensolver(num_params: int, dtype: str = "float64", backend: str | None = None) -> str:
