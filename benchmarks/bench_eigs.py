@@ -50,8 +50,8 @@ def child(spec: dict) -> dict:
         curv.append(cp.curvature["seconds"])
     if out["backend"] != "cpu":                  # device memory: ru_maxrss sees only the host
         out["device_peak_bytes"] = jax.devices()[0].memory_stats().get("peak_bytes_in_use")
-    out.update(seconds=runs, curvature_seconds=curv, matvecs=cp.curvature["matvecs"], residual=cp.eig_residual, min_eig=cp.min_eig,
-               min_eig_deflated=cp.min_eig_deflated, max_eig=cp.max_eig, zero_tol=cp.zero_tol,
+    out.update(seconds=runs, curvature_seconds=curv, matvecs=cp.curvature["matvecs"], residual=cp.eig_residual,
+               min_eig=cp.min_eig, min_eig_deflated=cp.min_eig_deflated, max_eig=cp.max_eig, zero_tol=cp.zero_tol,
                classification=cp.classification, peak_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                point_bytes=base)
     mf = MatrixFree(prob, x)
@@ -65,7 +65,8 @@ def child(spec: dict) -> dict:
 
 
 def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{spec}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -94,9 +95,9 @@ def algorithms() -> str:
                   "random (σ = 0.3)": np.random.default_rng(1).normal(size=prob.num_params) * 0.3}
         for name, x in points.items():
             xj = jnp.asarray(x)
-            H = lambda v: hvp(xj, v, prob.reg, prob.shape)
+            H = lambda v, xj=xj, prob=prob: hvp(xj, v, prob.reg, prob.shape)
             v0 = jnp.asarray(np.random.default_rng(2).standard_normal(x.size))
-            ours = jax.jit(lambda v: thick_restart_lanczos(H, v, which="both", rtol=1e-10))(v0)
+            ours = jax.jit(lambda v, H=H: thick_restart_lanczos(H, v, which="both", rtol=1e-10))(v0)
             mf = MatrixFree(prob, x)
             top = mf.largest()
             low = mf.smallest(top.value + max(1.0, 0.01 * abs(top.value)))
@@ -105,7 +106,7 @@ def algorithms() -> str:
             tol = 1e-10 / (10 * x.size)
             th, _, it = lobpcg_standard(Hb, v0[:, None], m=5000, tol=tol)
             sigma = 1.01 * float(th[0])
-            th2, _, it2 = lobpcg_standard(lambda V: sigma * V - Hb(V), v0[:, None], m=5000, tol=tol)
+            th2, _, it2 = lobpcg_standard(lambda V, s=sigma, Hb=Hb: s * V - Hb(V), v0[:, None], m=5000, tol=tol)
             lob = (sigma - float(th2[0]), float(th[0]))
             # LOBPCG applies A to its [X, P, R] block (three products) and to X again every iteration, plus once
             lob_hvps = 4 * (int(it) + int(it2)) + 2
@@ -125,7 +126,8 @@ def table(rows: list) -> str:
     for r in rows:
         b = base.get(r["n"])
         pair = lambda xs: ", ".join(f"{v:.1f}" for v in xs)
-        ratio_t = ", ".join(f"{a / c:.2f}×" for a, c in zip(r["curvature_seconds"], b["curvature_seconds"])) if b else "—"
+        ratio_t = (", ".join(f"{a / c:.2f}×" for a, c in zip(r["curvature_seconds"], b["curvature_seconds"]))
+                   if b else "—")
         peak = r.get("device_peak_bytes") or r["peak_bytes"]
         bpeak = b and (b.get("device_peak_bytes") or b["peak_bytes"])
         ratio_m = f"{peak / bpeak:.2f}×" if b else "—"

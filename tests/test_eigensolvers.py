@@ -9,7 +9,13 @@ import pytest
 
 import ufm
 from ufm.critical import Tolerances, analyze_point, check_eigensolver
-from ufm.eigensolvers import WHICH, DeviceCurvature, choose_eigensolver, residual_tolerance, thick_restart_lanczos
+from ufm.eigensolvers import (
+    WHICH,
+    DeviceCurvature,
+    choose_eigensolver,
+    residual_tolerance,
+    thick_restart_lanczos,
+)
 from ufm.errors import UFMInputError
 from ufm.hessian import MatrixFree, dense_hessian
 from ufm.model import flatten
@@ -92,7 +98,8 @@ def test_device_eigenpairs_match_dense_eigh_and_arpack(dtype):
         # estimate by round-off, hence the factor 10
         mf = MatrixFree(PROB, x)
         defl = mf.H_deflated(tangent, sigma)
-        for e, op in ((low, lambda v: Hd @ v), (high, lambda v: Hd @ v), (perp, defl)):
+        dense = lambda v, Hd=Hd: Hd @ v
+        for e, op in ((low, dense), (high, dense), (perp, defl)):
             assert e.residual == pytest.approx(np.linalg.norm(op(e.vector) - e.value * e.vector), rel=1e-6,
                                                abs=1e-15), name
             assert e.residual <= 10 * dev.rtol * norm, name

@@ -9,14 +9,16 @@ restart with exact shifts that ARPACK runs. A cycle extends the orthonormal basi
 full reorthogonalisation (classical Gram–Schmidt twice); the projected matrix VᵀAV comes from the Gram–Schmidt
 coefficients (Θ on the kept Ritz pairs Y, their couplings s in the first new column, tridiagonal below), and a restart
 keeps the ``keep`` Ritz vectors at the wanted end(s). Ritz pair j has the residual ‖A yⱼ − θⱼ yⱼ‖ = |β Sₘⱼ|; the
-wanted pairs are converged when that is ≤ rtol·‖A‖, ‖A‖ estimated by the largest |Ritz value| seen: a scale-free
-criterion, so a Hessian of norm 1e-3 is held to the same relative accuracy as one of norm 1e3. A Krylov breakdown (β at
-round-off level: an invariant subspace, common at an NC optimum whose spectrum is a few clusters) continues from a
-random vector orthogonal to the basis with coupling 0.
+wanted pairs are converged when that is ≤ max(rtol·‖A‖, atol), ‖A‖ estimated by the largest |Ritz value| seen, tested
+after every step (at an NC optimum the Krylov space closes after ~11 products, long before a basis is full). ufm asks
+for 1% of the zero tolerance the point is classified with (RESIDUAL_FRACTION): scale-free, so a Hessian of norm 1e-3
+is held to the same relative accuracy as one of norm 1e3. A Krylov breakdown (β at round-off level: an invariant
+subspace, common at an NC optimum whose spectrum is a few clusters) continues from a rotation of the random start
+vector, orthogonalised against the basis, with coupling 0.
 
 Why not a library: benchmarks/bench_eigs.py measured the alternatives. ``jax.experimental.sparse.linalg.
 lobpcg_standard`` applies the operator to its whole [X, P, R] block every iteration (four products per iteration for
-one eigenpair) and needed 4–10× the HVPs; matfree's Lanczos/Arnoldi decompositions start from one vector and
+one eigenpair) and needed 5× ARPACK's products (25× ours at an NC optimum); matfree's Lanczos/Arnoldi decompositions start from one vector and
 orthogonalise only against their own basis, so a thick restart around them loses orthogonality to the kept Ritz
 vectors at exactly those breakdowns and returned wrong eigenvalues (measured: λ_min⊥ = 0 where it is λ, residual 1e-4).
 
@@ -28,7 +30,6 @@ which is 0 at an NC minimum, docs/theory.md §9), and the orbit-deflated (I − 
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -39,12 +40,14 @@ import numpy as np
 #: NC optimum every size from 12 up converges within the first cycle (10–11 products at 2·10³–10⁷ parameters); at
 #: random points (a spread spectrum) 20/6 took 200–480 products, like ARPACK's 20-vector basis, 16/6 1.15–1.3× that,
 #: 14/6 1.4–1.5× (P = 2210 and 16 820). Each vector is 80 MB at 10⁷ parameters, so from LARGE_PARAMS on the basis is
-#: BASIS_LARGE: at 10⁷ that keeps the whole `ufm landscape` under 3 GB in float64 (benchmarks/results/eigs_cpu.md).
+#: BASIS_LARGE: at 10⁷ that took the classification's peak from 3.66 to 3.07 GB in float64 (benchmarks/results/
+#: eigs_cpu.md).
 BASIS = 20
 KEEP = 6
 BASIS_LARGE = 14
 LARGE_PARAMS = 2_000_000
-#: restart cycles before giving up (each costs BASIS − KEEP products): ≥ 7000 products, more than ARPACK's default
+#: restart cycles before giving up (each costs basis − KEEP products: 4000–7000 in all; the spread spectra measured
+#: here needed at most ~500)
 MAX_CYCLES = 500
 #: P-vectors alive at the peak of one solve beside the basis, in the solver's dtype: XLA's buffer assignment
 #: (compiled.memory_analysis() at K = d = 100, n = 1000, float64) gives temporaries of basis + 3 vectors plus one
@@ -150,7 +153,7 @@ def thick_restart_lanczos(matvec, v0, *, which: str = "both", rtol=1e-10, atol=0
     def step(carry):
         """One Lanczos step from row j of V: column j of the projected matrix, row j + 1 of V (after the last row,
         the residual direction r instead), and the end pairs' residual estimates on the rows so far."""
-        j, V, Hc, r, beta, sc, err, cycles = carry
+        j, V, Hc, _, beta, sc, _, cycles = carry
         w = matvec(V[j])
         mask = (rows <= j).astype(dtype)
         w, h = orthogonalize(V, w, mask)
@@ -212,9 +215,11 @@ HESSIAN_DTYPES = ("float64", "float32")
 
 #: parameter count from which ``auto`` takes the JAX-native solver on a CPU (on a GPU or TPU it always does: there
 #: every ARPACK product would cross the bus). Measured by benchmarks/bench_eigs.py at the NC optimum (benchmarks/
-#: results/eigs_cpu.md): a repeated call takes 0.25–0.30× ARPACK's time at every size from 2·10⁴ to 10⁶, but the
-#: first call at a shape pays the compilation of the solver, 1.27× ARPACK at 2·10⁴ parameters, 0.93× at 1.1·10⁵.
-JAX_MIN_PARAMS_CPU = 100_000
+#: results/eigs_cpu.md): a repeated call at one shape takes 0.16–0.30× ARPACK's time at every size from 2·10⁴ to 10⁶,
+#: but the first call pays the solver's compilation: 1.3–1.7× ARPACK at 2·10⁴ parameters, 0.9–2.1× at 1.1·10⁵, 0.4–0.5×
+#: at 10⁶ (two runs on the shared machine). The first call breaks even where 40 fewer products pay for ~2 s of
+#: compilation, an HVP of ~50 ms: about 3·10⁵ parameters here.
+JAX_MIN_PARAMS_CPU = 300_000
 
 
 def choose_eigensolver(num_params: int, dtype: str = "float64", backend: str | None = None) -> str:
