@@ -11,8 +11,8 @@ That keeps FL's value and gradient finite for every γ ≥ 0, including γ < 1 w
 
 Speed (docs/theory.md §9): the built-in losses carry their gradient in the logits and its directional derivative
 (the Hessian-vector product in the logits) in closed form, as two nested ``jax.custom_jvp`` rules, so a gradient
-or a forward-over-reverse HVP of (7) is a few fused passes over the (K, N) logits between the GEMMs, instead of
-autodiff's chain of masked, materialised (N, K) temporaries. The values are the same formulas as before; only the
+or a forward-over-reverse HVP of (7) is a few fused passes over the logits between the GEMMs, instead of autodiff's
+chain of masked, materialised (N, K) temporaries. The values are the same formulas as before; only the
 derivative programs change. A :class:`UserLoss` goes through plain autodiff.
 """
 
@@ -34,8 +34,8 @@ LOSS_NAMES = ("ce", "fl", "ls", "mse")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Pieces shared by the value, the gradient and the HVP in the logits. ``axis`` is the class axis of z: -1 for the
-# (N, K) rows of ``__call__``, 0 for the (K, N) product W H that objective (7) forms (no transpose is then needed).
+# Pieces shared by the value, the gradient and the HVP in the logits. ``axis`` is the class axis of z: -1 for (N, K)
+# rows (``__call__``; objective (7) at large N), 0 for the (K, N) columns W H (objective (7) at small N: ufm.model).
 
 
 def _label_mask(z, labels, axis):

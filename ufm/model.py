@@ -45,9 +45,10 @@ def logits(params: Params):
 
 #: The closed-form data term keeps the logits as (K, N) columns W H, as XLA's dot writes them, while one row of N
 #: entries takes at most this many bytes, and as (N, K) rows (W H)ᵀ beyond. Measured on XLA:CPU (2 cores, jax 0.10.2,
-#: docs/theory.md §9): a reduction over the K rows of a (K, N) array slows ~6–15× once a row exceeds 64 KiB (f64: N >
-#: 8192; f32: N > 16384), while over the classes of (N, K) rows it does not; below that the (K, N) products W H and
-#: G Hᵀ are ~15% faster than their (N, K) forms (K = 100). Both layouts give the same numbers up to the order of sums.
+#: docs/theory.md §9): a reduction over the K rows of a (K, N) array slowed ~6–16× once a row passed 64 KiB (f64:
+#: N > 8192; f32: N > 16384), while over the classes of (N, K) rows it did not; below that the (K, N) products W H
+#: and G Hᵀ ran ~15–20% faster than their (N, K) forms (K = 100). Both layouts give the same numbers up to the order
+#: of sums.
 COLUMNS_MAX_ROW_BYTES = 64 * 1024
 
 
