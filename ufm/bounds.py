@@ -93,10 +93,10 @@ def certified(lower: Optional[float], upper: Optional[float]) -> bool:
 def objective_f64(problem: Problem, W, H, b) -> float:
     import jax
 
-    from .model import Params, objective
+    from .model import Params, objective_compiled
 
     with jax.enable_x64(True):
-        return float(objective(Params(*(None if a is None else np.asarray(a, np.float64) for a in (W, H, b))),
+        return float(objective_compiled(Params(*(None if a is None else np.asarray(a, np.float64) for a in (W, H, b))),
                                problem.reg, problem.shape))
 
 

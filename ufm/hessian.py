@@ -18,7 +18,6 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from .model import flat_objective
 from .problem import Problem, Reg, Shape
@@ -84,6 +83,8 @@ def _arpack_largest(matvec, P, tol, maxiter, v0):
             raise NonFiniteCurvature("Hessian-vector product")
         return out
 
+    from scipy.sparse.linalg import LinearOperator, eigsh   # here, not at import: a plain solve never needs ARPACK
+
     op = LinearOperator((P, P), matvec=mv, dtype=np.float64)
     vals, vecs = eigsh(op, k=1, which="LA", tol=tol, maxiter=maxiter, v0=v0)
     return float(vals[0]), vecs[:, 0], count[0]
@@ -132,6 +133,8 @@ class MatrixFree:
         def mv(v):
             count[0] += 1
             return self.H(v)
+
+        from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
         op = LinearOperator((self.P, self.P), matvec=mv, dtype=np.float64)
         try:
