@@ -254,7 +254,9 @@ def test_ctrl_c_stops_a_long_solve_within_seconds(tmp_path, sig, said):
         stopped = time.perf_counter() - t0
     finally:
         proc.kill()
-    assert proc.returncode == 130 and stopped < 3.0, (proc.returncode, stopped)
+    # 10 s ≪ the hour the run would take: the exit itself (the record, JAX's teardown) takes ~1 s on a quiet machine
+    # and measured 3.5 s at load average 10, so a tighter bound would test the machine's load, not the signal path
+    assert proc.returncode == 130 and stopped < 10.0, (proc.returncode, stopped)
     assert said in proc.stderr.read()
 
 
