@@ -183,6 +183,7 @@ def test_landscape_solution_json_schema(capsys):
     assert rec["config"]["loss"] == "ls" and rec["tolerances"]["grad_tol"] == 1e-8
 
 
+@pytest.mark.slow   # ARPACK at the origin, then an escape: ~35 s of CPU; the dense path is in the default run
 def test_landscape_origin_lanczos_with_escape(capsys):
     code, rec = landscape_json(capsys, *SMALL, "--lam", "5e-3", "--at", "origin", "--hessian", "lanczos")
     (p,) = rec["critical_points"]

@@ -228,6 +228,7 @@ def test_census_with_no_converged_start(capsys):
     assert "summary: no critical points" in out
 
 
+@pytest.mark.slow   # four escape solvers run to their step limits: ~50 s of CPU
 def test_escape_that_gives_up_is_plain_in_the_table(capsys, monkeypatch):
     real = ufm.landscape.escape
     monkeypatch.setattr(ufm.landscape, "escape", lambda *a, **k: real(*a, **{**k, "solvers": ("lbfgs",),

@@ -152,6 +152,7 @@ def edge(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow   # the module fixture `edge` solves 4 degenerate problems and a landscape (~2 min of CPU)
 @pytest.mark.parametrize("case", ["K2d1", "K2d4", "K5d1", "trivial"])
 def test_degenerate_and_trivial_solutions_draw(edge, tmp_path, capsys, case):
     for kind in ("etf", "gram"):
@@ -160,12 +161,14 @@ def test_degenerate_and_trivial_solutions_draw(edge, tmp_path, capsys, case):
         assert out.stat().st_size > 1000 and "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.slow   # the module fixture `edge` solves 4 degenerate problems and a landscape (~2 min of CPU)
 def test_degenerate_and_trivial_dynamics_draw(edge, tmp_path):
     out = tmp_path / "dyn.svg"
     assert main(["plot", "dynamics", *[str(edge[c]) for c in ("K2d1", "K2d4", "K5d1", "trivial")], "-o", str(out)]) == 0
     assert out.stat().st_size > 1000
 
 
+@pytest.mark.slow   # the module fixture `edge` solves 4 degenerate problems and a landscape (~2 min of CPU)
 @pytest.mark.parametrize("kind", ["spectrum", "slice"])
 def test_trivial_landscape_draws(edge, tmp_path, kind):
     res = plots.load_result(edge["land"], "landscape")
@@ -173,6 +176,7 @@ def test_trivial_landscape_draws(edge, tmp_path, kind):
     assert main(["plot", kind, str(edge["land"]), "-o", str(tmp_path / "x.png")]) == 0
 
 
+@pytest.mark.slow   # the module fixture `edge` solves 4 degenerate problems and a landscape (~2 min of CPU)
 @pytest.mark.parametrize("case, three", [("K2d1", False), ("K2d4", False), ("K5d1", False), ("K5d1", True)])
 def test_means_spanning_one_dimension_are_zero_padded(edge, case, three):
     res = plots.load_result(edge[case], "solution")
@@ -193,6 +197,7 @@ def test_means_spanning_one_dimension_are_zero_padded(edge, case, three):
     plt.close(fig)
 
 
+@pytest.mark.slow   # the module fixture `edge` solves 4 degenerate problems and a landscape (~2 min of CPU)
 def test_trivial_solution_is_labelled_as_round_off(edge):
     res = plots.load_result(edge["trivial"], "solution")
     assert res["record"]["theory"]["geometry"] == "trivial" and np.abs(res["W"]).max() < 1e-6

@@ -134,7 +134,7 @@ def test_saddle_verdict_agrees_with_the_dense_hessian():
     prob = ufm.Problem.create(3, 4, 2, lam=0.05)
     sol = ufm.solve(prob, init_scale=0.0)
     with jax.enable_x64(True):
-        Hd = jax.hessian(lambda v: ufm.model.flat_objective(v, prob.reg, prob.shape))(jnp.zeros(prob.num_params))
+        Hd = jax.jit(jax.hessian(lambda v: ufm.model.flat_objective(v, prob.reg, prob.shape)))(jnp.zeros(prob.num_params))
     lam_min = float(np.linalg.eigvalsh(np.asarray(Hd))[0])
     assert lam_min < 0 and sol.status == ufm.Status.SADDLE
     # and at the optimum the test finds no descent direction
