@@ -236,6 +236,7 @@ def test_gram_view_shows_the_cosines_beside_the_ideal(tmp_path):
     assert texts_outside(fig) == []
 
 
+@pytest.mark.slow   # uses the `edge` fixture (see above)
 def test_gram_of_collinear_means(edge):
     g = plots.gram_cosines(plots.load_result(edge["K5d1"], "solution"))
     off = g["cos"][~np.eye(5, dtype=bool)]
@@ -255,6 +256,7 @@ def test_palette_has_no_greys_and_no_repeats():
     assert all(len({s[j] for s in styles[:4]}) == 4 for j in range(3))    # the first four differ in each of the three
 
 
+@pytest.mark.slow   # uses the `edge` fixture (see above)
 def test_dynamics_series_differ_in_colour_style_and_marker(edge):
     res = [plots.load_result(edge[c], "solution") for c in ("K2d1", "K2d4", "K5d1", "trivial")]
     fig, axes = plt.subplots(2, 3)
@@ -277,6 +279,7 @@ def test_text_check_sees_a_clipped_title():
     assert texts_outside(fig)
 
 
+@pytest.mark.slow   # uses the `edge` fixture (see above)
 @pytest.mark.parametrize("kind, cases", [("etf", ["K2d1", "K5d1"]), ("gram", ["trivial"]),
                                          ("dynamics", ["K2d1", "K2d4", "K5d1", "trivial"])])
 def test_no_text_leaves_the_figure(edge, kind, cases):
