@@ -28,19 +28,20 @@ def _data_grad_M(problem: DeepProblem, params: DeepParams):
     shape = problem.shape
     sigma = (lambda a: a) if problem.activation == "linear" else (lambda a: jnp.maximum(a, 0.0))
 
-    def g(M):
+    def g(M, Ws, b):
         h = sigma(M)
-        for W in params.Ws[1:-1]:
+        for W in Ws[1:-1]:
             h = sigma(W @ h)
-        Z = (params.Ws[-1] @ h).T if problem.depth > 1 else M.T
-        if params.b is not None:
-            Z = Z + params.b[None, :]
+        Z = (Ws[-1] @ h).T if problem.depth > 1 else M.T
+        if b is not None:
+            Z = Z + b[None, :]
         return jnp.mean(shape.loss(Z, labels_of(shape)))
 
     with jax.enable_x64(True):
         params = DeepParams(tuple(jnp.asarray(W) for W in params.Ws), jnp.asarray(params.H),
                             None if params.b is None else jnp.asarray(params.b))
-        return np.asarray(jax.grad(g)(params.Ws[0] @ params.H))
+        # one compiled program, not one per primitive (eager autodiff compiles each op: seconds at small sizes)
+        return np.asarray(jax.jit(jax.grad(g))(params.Ws[0] @ params.H, params.Ws, params.b))
 
 
 def input_junction_direction(problem: DeepProblem, params: DeepParams):
@@ -176,3 +177,18 @@ def analyze_deep_point(problem: DeepProblem, point, *, hessian: str = "auto", to
             label=label, eigenvalues=sp.theta if method == "dense" else None, not_finite=not_finite or None,
             curvature=curvature, junction_ranks=ranks, n_zero_deflated=n_zero_perp, best_known=known,
             depth=problem.depth)
+
+
+def deep_origin(problem: DeepProblem) -> DeepParams:
+    """Every factor and b zero: a critical point for the softmax losses and bias-free MSE (every factor's gradient
+    carries a product of the other, zero, factors; ∇_b is that of eq. (7) at the origin)."""
+    Ws = tuple(np.zeros((problem.dims[l], problem.dims[l - 1])) for l in range(1, problem.depth + 1))
+    return DeepParams(Ws, np.zeros((problem.d, problem.N)), np.zeros(problem.K) if problem.bias else None)
+
+
+def deep_origin_min_eig_theory(problem: DeepProblem) -> float:
+    """λ_min of the (W_1, …, W_L, H) block of ∇²f at the origin, depth ≥ 2: min(λ_1, …, λ_L, λ_H). The logits are a
+    product of L + 1 ≥ 3 factors (σ positively homogeneous), so the data term has no second-order part there and
+    the block is the penalty's diag(λ) (docs/theory.md §12.6): unlike depth 1 (§5.4) the origin is never a strict
+    saddle at depth ≥ 2."""
+    return float(min(*problem.lams, problem.lam_H))

@@ -113,9 +113,17 @@ def render_landscape(rec: dict) -> str:
         if not cs["converged"]:
             ends = ", ".join(f"{v} {k}" for k, v in sorted((cs.get("statuses") or {}).items()))
             lines.append(f"  no start converged ({ends or 'no runs'}): raise --max-steps or loosen --gtol")
+    if c.get("depth", 1) > 1:
+        lines.append(f"depth {c['depth']} ({c['activation']}), widths {', '.join(map(str, c['widths'])) or '—'}, "
+                     f"λ_1…λ_L = {', '.join(_num(v, 'g') for v in c['lam_layers'])}")
+        lines.append(f"rule: {rec['global_rule']}")
+    if "dnc" in rec:
+        lines.append(f"DNC point: f = {_num(rec['dnc']['objective'], '.10g')}, logit margin s = "
+                     f"{_num(rec['dnc']['scale'], '.6g')}, {rec['dnc']['geometry'].replace('_', ' ')}")
     if "origin_min_eig_theory" in rec:
         th = rec["origin_min_eig_theory"]
-        lines.append(f"theory λ_min at the origin (docs/theory.md §5.4): {_num(th, '.2e')}"
+        where = "§12.6, the (W_1…W_L, H) block" if c.get("depth", 1) > 1 else "§5.4"
+        lines.append(f"theory λ_min at the origin (docs/theory.md {where}): {_num(th, '.2e')}"
                      + ("  (defined for CE, LS and FL only)" if th is None else ""))
     head = f"{'point':10}{'class':>26}{'f':>14}{'‖∇f‖':>10}{'λ_min':>11}{'λ_min⊥':>11}{'λ_max':>10}{'#neg':>6}{'#zero/exp':>11}{'resid':>9}"
     lines += ["", head]
@@ -131,6 +139,9 @@ def render_landscape(rec: dict) -> str:
                      f"{_num(p['eig_residual'], '.1e'):>9}")
         if p.get("not_finite"):
             lines.append(f"{'':10}  not finite: {', '.join(p['not_finite'])} — neither a minimiser nor a saddle")
+        if p.get("junction_ranks") is not None:
+            lines.append(f"{'':10}  orbit: junction (width, rank) " + ", ".join(f"({m}, {r})" for m, r in
+                         p["junction_ranks"]) + f"; deflated zeros {'?' if p['n_zero_deflated'] is None else p['n_zero_deflated']}")
         if p["escape"]:
             lines.append(f"{'':10}  {_escape_line(p['escape'])}")
         f, fs, br = p["objective"], p["theory_objective"], p.get("bounds") or {}
