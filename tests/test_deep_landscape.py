@@ -259,3 +259,20 @@ def test_census_and_escape_at_depth(capsys):
         assert cp["classification"] in ufm.critical.CLASSES
         if cp["classification"] != "degenerate" and cp["n_zero"] is not None:
             assert cp["n_zero"] == cp["expected_zero_modes"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lam_b, width", [(None, 5), (0.0, 4)])
+def test_low_rank_points_with_bias_zero_modes(lam_b, width):
+    """The K×K search's best point with a regularised bias (wider hidden layer) or a free bias (+1 shift mode):
+    orbit dimension by the junction formula = the dense null space."""
+    p = deep_problem(4, 4, 1, depth=2, lam=3e-2, lam_b=lam_b, bias=True, widths=width)
+    search = low_rank_search(p)
+    point = reduced_point(p, search)
+    cp = analyze_deep_point(p, point, reference=search.best_objective)
+    r = search.best_rank
+    assert r < 4 - 1                                            # a genuinely low-rank point, below DNC's K − 1
+    expected = (6 - (4 - r) * (3 - r) // 2) + (width * (width - 1) // 2 - (width - r) * (width - r - 1) // 2) \
+        + int(lam_b == 0.0)
+    assert cp.expected_zero_modes == expected == cp.n_zero == oracle_null_dim(p, cp.x)[0]
+    assert cp.n_zero_deflated == 0 and cp.classification == "global_minimizer"
