@@ -100,7 +100,8 @@ def render_landscape(rec: dict) -> str:
              f"λ_H={_num(c['lam_H'], 'g')} bias={c['bias']} — at {rec['at']}, Hessian {rec.get('hessian_method')}"
              + (f" ({rec['eigensolver']} eigensolver, {rec.get('hessian_dtype')})" if rec.get("eigensolver") else ""),
              f"tolerances: ‖∇f‖ ≤ {_num(tol['grad_tol'], 'g')} is critical; |θ| ≤ zero_tol is zero "
-             f"({tol['zero_tol_rule']}); objective vs theory to {_num(tol['obj_tol'], 'g')} relative"]
+             f"({tol['zero_tol_rule']}); objective vs {'the lowest known' if c.get('depth', 1) > 1 else 'theory'} "
+             f"to {_num(tol['obj_tol'], 'g')} relative"]
     if c.get("solver") is not None:
         lines.append(f"solver {c['solver']}, gtol {_num(c.get('gtol'), 'g')}, max steps {c.get('max_steps')}, "
                      + (f"seeds {c['seeds'][0]}…{c['seeds'][1]}, start scales "
@@ -150,6 +151,10 @@ def render_landscape(rec: dict) -> str:
         if fs is not None:
             gap = f - fs if isinstance(f, (int, float)) and isinstance(fs, (int, float)) else None
             lines.append(f"{'':10}  theory optimum f* = {_num(fs, '.8f')}; gap {_num(gap, '.2e')}")
+        elif br.get("method") == "best_known_deep":
+            gap = f - br["upper"] if isinstance(f, (int, float)) else None
+            lines.append(f"{'':10}  lowest f known {_num(br['upper'], '.10g')} (from {str(br.get('upper_from')).replace('_', ' ')}"
+                         f"; not certified); f − that {_num(gap, '.2e')}")
         elif br.get("upper") is not None:
             gap = f - br["upper"] if isinstance(f, (int, float)) else None
             state = "certified" if br.get("certified") else "open"
