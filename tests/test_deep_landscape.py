@@ -130,15 +130,17 @@ def test_low_rank_point_and_dnc_are_classified(lowrank):
         assert abs(cp.min_eig) <= cp.zero_tol
 
 
-def test_matrix_free_agrees_with_dense(lowrank):
+@pytest.mark.parametrize("eigensolver", ["arpack", pytest.param("jax", marks=pytest.mark.slow)])
+def test_matrix_free_agrees_with_dense(lowrank, eigensolver):
     p, search = lowrank
     point = reduced_point(p, search)
     dense = analyze_deep_point(p, point, reference=search.best_objective)
-    free = analyze_deep_point(p, point, reference=search.best_objective, hessian="lanczos", eigensolver="arpack")
+    free = analyze_deep_point(p, point, reference=search.best_objective, hessian="lanczos", eigensolver=eigensolver)
     assert free.classification == dense.classification
     assert free.min_eig_deflated == pytest.approx(dense.min_eig_deflated, rel=1e-6)
     assert free.max_eig == pytest.approx(dense.max_eig, rel=1e-8)
     assert free.n_zero == dense.n_zero                  # matrix-free: the orbit dimension, once λ_min⊥ > zero_tol
+    assert free.curvature["eigensolver"] == eigensolver and free.curvature["matvecs"] > 0
 
 
 def test_origin_block_is_the_penalty():
@@ -276,3 +278,25 @@ def test_low_rank_points_with_bias_zero_modes(lam_b, width):
         + int(lam_b == 0.0)
     assert cp.expected_zero_modes == expected == cp.n_zero == oracle_null_dim(p, cp.x)[0]
     assert cp.n_zero_deflated == 0 and cp.classification == "global_minimizer"
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu"])
+def test_same_orbit_sees_the_junction_rotations(activation):
+    """A point moved along the orbit (a random Q at every symmetric junction) is the same critical point for the
+    census's dedupe and has the same objective; a perturbed one is not."""
+    from ufm.landscape import same_orbit
+    from ufm.symmetry import deep_junctions
+
+    p = deep_problem(3, 3, 2, depth=3, lam=1e-2, bias=False, activation=activation, widths=4)
+    point = p.init_params(seed=5, scale=0.8)
+    rng = np.random.default_rng(0)
+    factors = [np.asarray(W) for W in point.Ws] + [np.asarray(point.H)]
+    for _, m, left, right in deep_junctions(p):
+        Q, _ = np.linalg.qr(rng.standard_normal((m, m)))
+        factors[left], factors[right] = factors[left] @ Q.T, Q @ factors[right]
+    moved = DeepParams(tuple(factors[:-1]), factors[-1], None)
+    x, y = flatten(point, xp=np), flatten(moved, xp=np)
+    assert len(deep_junctions(p)) == (3 if activation == "linear" else 1)
+    assert p.objective(moved) == pytest.approx(p.objective(point), rel=1e-12)
+    assert same_orbit(p, x, y)
+    assert not same_orbit(p, x, y + 1e-3 * rng.standard_normal(y.size))
