@@ -203,6 +203,7 @@ BAD = [
     (["-K", "3", "-d", "3", "-n", "2", "--depth", "2", "--activation", "tanh"], "--activation"),
     (["-K", "3", "-d", "3", "-n", "1,2,3", "--depth", "2", "--at", "dnc"], "--at"),           # unbalanced
     (["-K", "3", "-d", "3", "-n", "2", "--depth", "2", "--hessian", "dense", "--eigensolver", "jax"], "--eigensolver"),
+    (["-K", "10", "-d", "500", "-n", "100", "--depth", "2"], "-K/-d/-n"),    # the orbit basis would not fit
 ]
 
 

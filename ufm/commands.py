@@ -211,6 +211,10 @@ def cmd_landscape(args) -> int:
     problem = problem_from_args(args)
     opts = _landscape_options(args)
     deep = hasattr(problem, "depth")
+    if deep:
+        from .symmetry import check_deep_basis
+
+        check_deep_basis(problem)
     if args.at == "dnc":
         from .deep_theory import dnc_value
 

@@ -20,7 +20,7 @@ from .critical import (CriticalPoint, Tolerances, classify, curvature_plan, dire
                        measure_spectrum)
 from .deep import DeepParams, DeepProblem, flatten, labels_of
 from .secondorder import verdict
-from .symmetry import RANK_ATOL, RANK_RTOL, deep_expected_zero_modes, deep_junctions
+from .symmetry import RANK_ATOL, RANK_RTOL, check_deep_basis, deep_expected_zero_modes, deep_junctions
 
 
 def _data_grad_M(problem: DeepProblem, params: DeepParams):
@@ -145,6 +145,7 @@ def analyze_deep_point(problem: DeepProblem, point, *, hessian: str = "auto", to
     from .errors import UFMInputError
 
     method, solver, dtype, curvature = curvature_plan(problem, tolerances, hessian, eigensolver, hessian_dtype)
+    check_deep_basis(problem)
     if reference is not None and (isinstance(reference, bool) or not isinstance(reference, (int, float, np.floating))
                                   or not np.isfinite(reference)):
         raise UFMInputError("reference", reference, "must be a finite objective value (or None: ufm's best known)")

@@ -292,7 +292,8 @@ class DeviceCurvature:
 
     def _run(self, which: str, *, tangent=None, sigma=0.0, scale=0.0, vectors=(0,)):
         # free_shift is the problem's, not the tangent's (the same by construction), so that the plain and the
-        # deflated run share one compiled program
+        # deflated run share one compiled program (at depth ≥ 2 the tangent basis's shape differs between the two,
+        # so they compile separately)
         from .hessian import Eig, MatrixFree, NonFiniteCurvature
         from .symmetry import has_free_shift, no_tangent
 

@@ -1,4 +1,5 @@
-"""Curvature of (7): Hessian-vector products, the dense Hessian, and matrix-free extreme eigenpairs.
+"""Curvature of (7) and of the deep UFM (whose shape carries its own flat objective, deep.py): Hessian-vector
+products, the dense Hessian, and matrix-free extreme eigenpairs.
 
 - HVPs are forward-over-reverse (``jvp`` of ``grad``): one HVP costs a few gradients, at any size.
 - The dense path forms ∇²f with ``jax.hessian`` and takes every eigenvalue with ``numpy.linalg.eigh``

@@ -6,6 +6,9 @@ so the NC minimisers are never strict minima. This module builds the orthogonal 
 without forming it: tangent vectors are L(A) = (WA, −AH, 0) for skew A, and the normal equations LᵀL A = Lᵀv read
 ½(MA + AM) = skew(WᵀδW − δH Hᵀ) with M = WᵀW + HHᵀ, diagonal in M's eigenbasis with entries ½(μ_i + μ_j).
 So a projection costs O(Kd² + d²N + d³) and works at any parameter count.
+
+The deep UFM (docs/theory.md §12.7) has one such O(m) per symmetric junction; its tangent is kept as an explicit
+orthonormal basis (:func:`deep_orbit_tangent`), and :func:`project` uses it whenever the shape is deep.
 """
 
 from __future__ import annotations
@@ -106,6 +109,17 @@ def deep_junctions(problem) -> list:
     return out
 
 
+def check_deep_basis(problem) -> None:
+    """Refuse, before any work, a deep problem whose orbit basis could exceed DEEP_BASIS_MAX_ENTRIES: P × (Σ over
+    the junctions of m(m−1)/2, + 1), the count at full rank."""
+    dim = sum(m * (m - 1) // 2 for _, m, _, _ in deep_junctions(problem)) + int(has_free_shift(problem))
+    if dim * problem.num_params > DEEP_BASIS_MAX_ENTRIES:
+        from .errors import UFMInputError
+        raise UFMInputError("-K/-d/-n", f"{problem.num_params:,} parameters", f"the deep orbit tangent basis could "
+                            f"hold {dim:,} × {problem.num_params:,} entries (> {DEEP_BASIS_MAX_ENTRIES:,}, "
+                            "docs/theory.md §12.7); use smaller sizes or widths")
+
+
 def deep_expected_zero_modes(widths_ranks, free_shift: bool) -> int:
     """Σ over the junctions of m(m−1)/2 − (m−r)(m−r−1)/2 (m the width, r the rank of M at that junction), + 1 for
     b ↦ b + s1: :func:`expected_zero_modes` per junction."""
@@ -144,10 +158,7 @@ def deep_orbit_tangent(problem, x) -> OrbitTangent:
     if free:
         parts = list(zero)
         cols.append(flatten(DeepParams(tuple(parts[:-1]), parts[-1], np.ones_like(b0)), xp=np))
-    if len(cols) * x.size > DEEP_BASIS_MAX_ENTRIES:
-        from .errors import UFMInputError
-        raise UFMInputError("-K/-d/-n", f"{x.size:,} parameters", f"the deep orbit tangent basis would hold "
-                            f"{len(cols):,} × {x.size:,} entries (> {DEEP_BASIS_MAX_ENTRIES:,}); use smaller sizes")
+    check_deep_basis(problem)
     if not cols:
         return OrbitTangent(np.zeros((x.size, 0)), np.zeros((0, 0)), free, 0, tuple(r for _, r in ranks))
     G = np.stack(cols, axis=1)
