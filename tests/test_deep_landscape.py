@@ -281,6 +281,18 @@ def test_low_rank_points_with_bias_zero_modes(lam_b, width):
     assert cp.n_zero_deflated == 0 and cp.classification == "global_minimizer"
 
 
+def _np_objective(p, params):
+    """The bias-free CE deep objective in numpy (docs/theory.md §12.1), independent of the JAX code."""
+    from scipy.special import logsumexp
+
+    from ufm.deep import features
+
+    Z = (params.Ws[-1] @ features(params, p.activation, xp=np)[-1]).T
+    y = np.repeat(np.arange(p.K), p.counts)
+    data = np.mean(logsumexp(Z, axis=1) - Z[np.arange(p.N), y])
+    return data + sum(0.5 * lam * np.sum(W**2) for lam, W in zip(p.lams, params.Ws)) + 0.5 * p.lam_H * np.sum(params.H**2)
+
+
 @pytest.mark.parametrize("activation", ["linear", "relu"])
 def test_same_orbit_sees_the_junction_rotations(activation):
     """A point moved along the orbit (a random Q at every symmetric junction) is the same critical point for the
@@ -298,6 +310,6 @@ def test_same_orbit_sees_the_junction_rotations(activation):
     moved = DeepParams(tuple(factors[:-1]), factors[-1], None)
     x, y = flatten(point, xp=np), flatten(moved, xp=np)
     assert len(deep_junctions(p)) == (3 if activation == "linear" else 1)
-    assert p.objective(moved) == pytest.approx(p.objective(point), rel=1e-12)
+    assert _np_objective(p, moved) == pytest.approx(_np_objective(p, point), rel=1e-12)
     assert same_orbit(p, x, y)
     assert not same_orbit(p, x, y + 1e-3 * rng.standard_normal(y.size))
