@@ -313,3 +313,33 @@ def test_same_orbit_sees_the_junction_rotations(activation):
     assert _np_objective(p, moved) == pytest.approx(_np_objective(p, point), rel=1e-12)
     assert same_orbit(p, x, y)
     assert not same_orbit(p, x, y + 1e-3 * rng.standard_normal(y.size))
+
+
+@pytest.mark.parametrize("activation, bias", [("linear", False), ("relu", True)])
+def test_input_junction_curvature_matches_the_hessian(activation, bias):
+    """deep_second_order_check's curvature against an independent number: Δᵀ∇²fΔ/‖Δ‖² by forward-over-reverse
+    autodiff of the deep objective, at a point where W_1 and Hᵀ share a null direction a (constructed, not solved).
+    The formula needs no critical point: ∇f·Δ = 0 there by construction, and the t² term is all that is predicted."""
+    from ufm.deep import DeepParams, flatten
+    from ufm.deep_landscape import deep_second_order_check, input_junction_direction
+
+    prob = ufm.deep_problem(3, 4, 2, depth=2, activation=activation, lam=0.02, bias=bias)
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal(prob.d)
+    a /= np.linalg.norm(a)
+    P = np.eye(prob.d) - np.outer(a, a)                       # W_1 a = 0 and Hᵀ a = 0
+    Ws = (2.0 * rng.standard_normal((prob.dims[1], prob.d)) @ P, 2.0 * rng.standard_normal((prob.K, prob.dims[1])))
+    H = P @ (2.0 * rng.standard_normal((prob.d, prob.N)))
+    params = DeepParams(Ws, H, 0.1 * rng.standard_normal(prob.K) if bias else None)
+    out = deep_second_order_check(prob, params, rel_grad_norm=0.0)
+    assert out["checked"], out
+    delta = input_junction_direction(prob, params)[0]
+    with jax.enable_x64(True):
+        x = jnp.asarray(flatten(params, xp=np))
+        g = jax.grad(lambda y: prob.shape.flat_objective(y, prob.reg, prob.shape))
+        quad = float(jnp.vdot(jnp.asarray(delta), jax.jvp(g, (x,), (jnp.asarray(delta),))[1]))
+        first = float(jnp.vdot(jnp.asarray(delta), g(x)))
+    # 1e-9: both sides are float64 sums of O(1) terms over a few hundred entries
+    assert abs(first) <= 1e-9 * np.linalg.norm(delta)
+    assert out["curvature"] == pytest.approx(quad / float(delta @ delta), rel=1e-9, abs=1e-12)
+    assert out["saddle"] == (out["sigma_max_grad_Z"] > out["sqrt_lam_W_lam_H"])

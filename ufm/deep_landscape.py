@@ -19,7 +19,7 @@ import numpy as np
 from .critical import (CriticalPoint, Tolerances, classify, curvature_plan, direction_record, first_order,
                        measure_spectrum)
 from .deep import DeepParams, DeepProblem, flatten, labels_of
-from .secondorder import verdict
+from .secondorder import explicit_direction_check
 from .symmetry import RANK_ATOL, RANK_RTOL, check_deep_basis, deep_expected_zero_modes, deep_junctions
 
 
@@ -70,22 +70,11 @@ def input_junction_direction(problem: DeepProblem, params: DeepParams):
 def deep_second_order_check(problem: DeepProblem, params: DeepParams, rel_grad_norm: float) -> dict:
     """secondorder.second_order_check's record for a deep point, with the input-junction direction above (the
     margin rule is the same: σ_max must exceed √(λ_1λ_H) by more than the stationarity reached allows)."""
-    l1, lh = problem.lams[0], problem.lam_H
-    out = {"checked": False, "saddle": False, "curvature": None, "sigma_max_grad_Z": None,
-           "sqrt_lam_W_lam_H": float(np.sqrt(l1) * np.sqrt(lh)), "reason": ""}
-    if min(l1, lh) <= 0:
-        out["reason"] = "needs λ_1 > 0 and λ_H > 0"
-        return out
-    if not all(np.all(np.isfinite(a)) for a in (*params.Ws, params.H)):
-        out["reason"] = "the point is not finite"
-        return out
-    nc = input_junction_direction(problem, params)
-    if nc is None:
-        out["reason"] = ("W_1 has full column rank d: no shared null direction of W_1 and Hᵀ, so no explicit descent "
-                         "direction at the input junction")
-        return out
-    return verdict(out, nc, rel_grad_norm, "explicit direction at the input junction, a ∈ null(W_1) ∩ null(Hᵀ) "
-                   "(docs/theory.md §12.5): curvature 2(√(λ_1λ_H) − σ_max(∇_M g))/‖Δ‖², M = W_1H")
+    return explicit_direction_check(
+        problem.lams[0], problem.lam_H, ("λ_1", "W_1"), all(np.all(np.isfinite(a)) for a in (*params.Ws, params.H)),
+        lambda: input_junction_direction(problem, params), rel_grad_norm, no_direction=" at the input junction",
+        reason="explicit direction at the input junction, a ∈ null(W_1) ∩ null(Hᵀ) (docs/theory.md §12.5): "
+               "curvature 2(√(λ_1λ_H) − σ_max(∇_M g))/‖Δ‖², M = W_1H")
 
 
 # --- classification of deep points (docs/theory.md §12.6) ---------------------------------------------------------

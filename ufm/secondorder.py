@@ -23,23 +23,35 @@ def second_order_check(problem, params, rel_grad_norm: float) -> dict:
     from .critical import negative_curvature_direction
     from .model import flatten
 
-    lw, lh = problem.lam_W, problem.lam_H
-    out = {"checked": False, "saddle": False, "curvature": None, "sigma_max_grad_Z": None,
-           "sqrt_lam_W_lam_H": float(np.sqrt(lw) * np.sqrt(lh)), "reason": ""}
-    if min(lw, lh) <= 0:
-        out["reason"] = "needs λ_W > 0 and λ_H > 0"
-        return out
     x = flatten(params, xp=np)
-    if not np.all(np.isfinite(x)):
+    return explicit_direction_check(
+        problem.lam_W, problem.lam_H, ("λ_W", "W"), bool(np.all(np.isfinite(x))),
+        lambda: negative_curvature_direction(problem, x), rel_grad_norm,
+        no_direction="; run `ufm landscape` for the Hessian",
+        reason="explicit direction Δ with a ∈ null(W) ∩ null(Hᵀ) (docs/theory.md §5.3): "
+               "curvature 2(√(λ_Wλ_H) − σ_max(∇_Z g))/‖Δ‖²")
+
+
+def explicit_direction_check(lam_a: float, lam_h: float, names: tuple, finite: bool, direction, rel_grad_norm: float,
+                             *, no_direction: str, reason: str) -> dict:
+    """The record of an explicit-direction test at a junction (A, H) with penalties λ_A, λ_H (one layer: A = W; deep:
+    A = W_1, docs/theory.md §12.5). ``names`` = (λ's name, the factor's name) for the messages, ``direction()`` gives
+    (Δ, predicted Δᵀ∇²fΔ, σ_max) or None when A has full column rank."""
+    lam_name, factor = names
+    out = {"checked": False, "saddle": False, "curvature": None, "sigma_max_grad_Z": None,
+           "sqrt_lam_W_lam_H": float(np.sqrt(lam_a) * np.sqrt(lam_h)), "reason": ""}
+    if min(lam_a, lam_h) <= 0:
+        out["reason"] = f"needs {lam_name} > 0 and λ_H > 0"
+        return out
+    if not finite:
         out["reason"] = "the point is not finite"
         return out
-    nc = negative_curvature_direction(problem, x)
+    nc = direction()
     if nc is None:
-        out["reason"] = ("W has full column rank d: no shared null direction of W and Hᵀ, so no explicit descent "
-                         "direction; run `ufm landscape` for the Hessian")
+        out["reason"] = (f"{factor} has full column rank d: no shared null direction of {factor} and Hᵀ, so no explicit "
+                         f"descent direction{no_direction}")
         return out
-    return verdict(out, nc, rel_grad_norm, "explicit direction Δ with a ∈ null(W) ∩ null(Hᵀ) (docs/theory.md §5.3): "
-                   "curvature 2(√(λ_Wλ_H) − σ_max(∇_Z g))/‖Δ‖²")
+    return verdict(out, nc, rel_grad_norm, reason)
 
 
 def verdict(out: dict, nc, rel_grad_norm: float, reason: str) -> dict:
