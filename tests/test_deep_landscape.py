@@ -1,4 +1,4 @@
-"""The landscape of the deep UFM (docs/theory.md §12.6): Hessian-vector products against the dense Hessian and finite
+"""The landscape of the deep UFM (docs/theory.md §12.7): Hessian-vector products against the dense Hessian and finite
 differences, the symmetry orbit's zero modes against the dense Hessian's null space (an independent count), the
 classification of constructed points, and `ufm landscape --depth` end to end and at its edges."""
 
@@ -97,7 +97,7 @@ def test_relu_dnc_has_the_orbit_plus_the_flat_preactivation_family(K, d, bias, w
     """ReLU: only the input junction is a symmetry (its rank r = K at the DNC point). The DNC point's first
     pre-activation P̄ = W_1H̄ (class means) is PSD with diagonal a and negative off-diagonal entries; every such P̄
     has the same ‖P̄‖_* = trace and the same ReLU(P̄) = a·I, so its K(K−1)/2 off-diagonal entries are flat too
-    (docs/theory.md §12.6): orbit + K(K−1)/2 dense zeros, and the point is degenerate."""
+    (docs/theory.md §12.7): orbit + K(K−1)/2 dense zeros, and the point is degenerate."""
     p = deep_problem(K, d, 2, depth=2, lam=1e-2, bias=bias, activation="relu", widths=width)
     point = dnc_point(p)
     cp = analyze_deep_point(p, point, reference=p.objective(point))
@@ -111,7 +111,7 @@ def test_relu_dnc_has_the_orbit_plus_the_flat_preactivation_family(K, d, bias, w
 def test_low_rank_point_and_dnc_are_classified(lowrank):
     """The rank-2 point of the K×K search is a second-order minimum at the best known value (global in ufm's
     uncertified sense); the DNC point (rank 3) is also a second-order minimum, but above it: spurious. Both have
-    λ_min⊥ = λ (docs/theory.md §12.6)."""
+    λ_min⊥ = λ (docs/theory.md §12.7)."""
     p, search = lowrank
     assert search.best_rank == 2
     best = best_known(p)
@@ -203,7 +203,7 @@ BAD = [
     (["-K", "3", "-d", "3", "-n", "2", "--depth", "2", "--activation", "tanh"], "--activation"),
     (["-K", "3", "-d", "3", "-n", "1,2,3", "--depth", "2", "--at", "dnc"], "--at"),           # unbalanced
     (["-K", "3", "-d", "3", "-n", "2", "--depth", "2", "--hessian", "dense", "--eigensolver", "jax"], "--eigensolver"),
-    (["-K", "10", "-d", "500", "-n", "100", "--depth", "2"], "-K/-d/-n"),    # the orbit basis would not fit
+    (["-K", "10", "-d", "500", "-n", "100", "--depth", "2"], "-K/-d/-n/--widths"),    # the orbit basis would not fit
 ]
 
 
@@ -241,7 +241,7 @@ def test_bad_flag_combinations_exit_2_with_one_line(capsys, monkeypatch, args, f
 def test_dnc_beaten_by_rank_5_is_a_local_minimum():
     """(K, d, n, L, λ) = (10, 10, 1, 2, 3e-3), CE without bias: the K×K search's best (rank 5 in the search's
     record) is below the DNC value, and the DNC point is a second-order minimum modulo its 90-dimensional orbit
-    (docs/theory.md §12.6), hence a spurious local minimum, not a strict saddle."""
+    (docs/theory.md §12.7), hence a spurious local minimum, not a strict saddle."""
     p = deep_problem(10, 10, 1, depth=2, lam=3e-3, bias=False)
     best = best_known(p)
     cp = analyze_deep_point(p, dnc_point(p))

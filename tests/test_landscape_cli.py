@@ -238,3 +238,17 @@ def test_escape_that_gives_up_is_plain_in_the_table(capsys, monkeypatch):
     code, out, err = run(capsys, *TINY, "--at", "origin", "--json")
     e = json.loads(out)["critical_points"][0]["escape"]
     assert e["gave_up"] is True and e["reason"] and e["classification"] == "not_critical"
+
+
+@pytest.mark.parametrize("starts", ["100001", "100000000", "10000000000000"])
+def test_a_census_of_absurdly_many_starts_is_refused_before_any_work(capsys, starts):
+    # each start is a full solve: 10⁸ of them would run for years with nothing to show, which reads as a hang
+    for extra in ([], ["--json"]):
+        with pytest.raises(SystemExit) as exit_:               # argparse's own check: it exits 2 itself
+            main(["landscape", "-K", "3", "-d", "3", "-n", "1", "--lam", "3e-2", "--at", "census", "--starts", starts,
+                  *extra])
+        code = exit_.value.code
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "--starts" in err and "100000" in err, err
+    with pytest.raises(ufm.UFMInputError, match="--starts"):
+        ufm.census(ufm.Problem.create(3, 3, 1, lam=3e-2), starts=int(starts))

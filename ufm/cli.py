@@ -32,14 +32,16 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_BAD_INPUT)
 
 
-def _int_min(low):
+def _int_min(low, high=None):
+    allowed = f"an integer ≥ {low}" if high is None else f"an integer in [{low}, {high}]"
+
     def parse(text):
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"got {text!r}; must be an integer ≥ {low}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"got {v}; must be an integer ≥ {low}")
+            raise argparse.ArgumentTypeError(f"got {text!r}; must be {allowed}") from None
+        if v < low or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"got {v}; must be {allowed}")
         return v
     return parse
 
@@ -148,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--at", choices=("solution", "origin", "census", "dnc"), default="solution",
                    help="analyse the solve's end point, the origin, or a census of critical points (default solution); "
                    "with --depth ≥ 2 also dnc, the deep-neural-collapse point (docs/theory.md §12.2)")
-    g.add_argument("--starts", type=_int_min(1), help="census: number of random starts, start i with seed --seed + i "
+    g.add_argument("--starts", type=_int_min(1, 100_000), help="census: number of random starts, start i with seed --seed + i "
                    "(default 20; the census runs --solver lm, --gtol 1e-10, --max-steps 500 a start and cycles "
                    "--init-scale through 0.03, 0.1, 0.3, 1 unless those flags are given)")
     g.add_argument("--hessian", choices=("auto", "dense", "lanczos"), default="auto",
@@ -202,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     go.add_argument("--max-steps", type=_int_min(1), help="solver step bound (default 10000)")
     go.add_argument("--init-scale", type=_float, help="initialisation scale (default 0.1)")
     go.add_argument("--analyze", action="store_true", help="also classify the solution and the origin by their Hessians")
-    go.add_argument("--census", type=_int_min(0), help="also run a census of N starts at each point")
+    go.add_argument("--census", type=_int_min(0, 100_000), help="also run a census of N starts at each point")
     go.add_argument("--hessian", choices=("auto", "dense", "lanczos"), help="Hessian method for --analyze/--census")
     gx = sw.add_argument_group("execution and output")
     gx.add_argument("--config", metavar="GRID.toml", help="read the grid and options from a TOML file")

@@ -265,7 +265,7 @@ def classify(objective: float, grad_norm: float, min_eig: float, min_eig_deflate
     global optimum (either may be None). Every class needs an affirmative comparison on finite numbers: NaN compares
     False both ways, so a chain of fall-throughs would call a NaN point a minimiser.
 
-    ``best_known`` (the deep UFM, where nothing proves a lower bound; docs/theory.md §12.6): ``upper`` is the lowest
+    ``best_known`` (the deep UFM, where nothing proves a lower bound; docs/theory.md §12.7): ``upper`` is the lowest
     objective ufm knows, and a second-order minimum that reaches it (relative obj_tol) is ``global_minimizer`` in that
     uncertified sense; the record says so."""
     from .bounds import certified
@@ -480,7 +480,7 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
     float64). ``curvature`` in the record says what ran."""
     from .errors import UFMInputError
 
-    if hasattr(problem, "widths"):                  # the deep UFM (docs/theory.md §12.6)
+    if hasattr(problem, "widths"):                  # the deep UFM (docs/theory.md §12.7)
         from .deep_landscape import analyze_deep_point
         return analyze_deep_point(problem, point, hessian=hessian, tolerances=tolerances, label=label,
                                   eigensolver=eigensolver, hessian_dtype=hessian_dtype)

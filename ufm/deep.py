@@ -167,6 +167,9 @@ def flatten(params: DeepParams, xp=jnp):
 def _number_list(flag, value, cast, ok, allowed):
     """A comma list, one number or a sequence → a tuple of ``cast`` numbers each passing ``ok``; else one-line
     UFMInputError naming ``flag``."""
+    # the message shows what was given, as it was typed (a comma list), never a Python list or tuple
+    shown = value if isinstance(value, str) else ",".join(map(str, np.atleast_1d(value).tolist())) \
+        if isinstance(value, (list, tuple, np.ndarray, int, float, np.integer, np.floating)) else value
     if isinstance(value, str):
         value = value.split(",")
     elif isinstance(value, (int, float, np.integer, np.floating)):
@@ -178,9 +181,9 @@ def _number_list(flag, value, cast, ok, allowed):
         if cast is int and any(not isinstance(v, str) and int(v) != v for v in value):
             raise ValueError
     except (TypeError, ValueError):
-        raise UFMInputError(flag, value, allowed) from None
+        raise UFMInputError(flag, shown, allowed) from None
     if not out or not all(ok(v) for v in out):
-        raise UFMInputError(flag, value, allowed)
+        raise UFMInputError(flag, shown, allowed)
     return out
 
 
@@ -321,7 +324,7 @@ def deep_problem(K=10, d=64, n=100, *, depth: int = 1, activation: str = "linear
     lists d_1, …, d_{L−1} (one value: all; default d)."""
     depth = _int_list("--depth", depth, 1)
     if len(depth) != 1 or depth[0] > MAX_DEPTH:
-        raise UFMInputError("--depth", depth, f"must be one integer in [1, {MAX_DEPTH}]")
+        raise UFMInputError("--depth", ",".join(map(str, depth)), f"must be one integer in [1, {MAX_DEPTH}]")
     L = depth[0]
     if activation not in ACTIVATIONS:
         raise UFMInputError("--activation", activation, f"use one of {', '.join(ACTIVATIONS)}")
@@ -342,8 +345,16 @@ def deep_problem(K=10, d=64, n=100, *, depth: int = 1, activation: str = "linear
                                 f"L = {L} (λ_1, …, λ_L)")
         if lam_W is not None:
             raise UFMInputError("--lam-w", lam_W, "cannot be combined with --lam-layers (it sets every λ_l)")
-        base = Problem.create(K, d, n, lam=lam, lam_W=lams[-1], lam_H=lam_H, lam_b=lam_b, bias=bias, loss=loss,
-                              gamma=gamma, alpha=alpha, kappa=kappa, beta=beta)
+        try:
+            base = Problem.create(K, d, n, lam=lam, lam_W=lams[-1], lam_H=lam_H, lam_b=lam_b, bias=bias, loss=loss,
+                                  gamma=gamma, alpha=alpha, kappa=kappa, beta=beta)
+        except UFMInputError as e:
+            if e.flag != "--lam-w":
+                raise
+            # the base problem's λ_W is λ_L, taken from --lam-layers: name the flag the user gave, in depth's terms
+            raise UFMInputError("--lam-layers", ",".join(map(str, lams)),
+                                "with some but not all of λ_1…λ_L, λ_H zero the deep objective has no minimiser "
+                                "(rescaling the factors lowers it forever; docs/theory.md §12.1); give all > 0") from None
     else:
         lams = (base.lam_W,) * L
     if widths is None:

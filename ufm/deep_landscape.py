@@ -1,4 +1,4 @@
-"""Curvature of the deep UFM (docs/theory.md §12.5–§12.6): an explicit descent direction at the input junction, and
+"""Curvature of the deep UFM (docs/theory.md §12.5, §12.7): an explicit descent direction at the input junction, and
 the classification of a deep point by its Hessian spectrum deflated by the symmetry orbit (symmetry.py).
 
 At the input junction (H, W_1) the deep objective is f = g(W_1 H) + λ_1/2‖W_1‖² + λ_H/2‖H‖² + (the rest), g the
@@ -77,7 +77,7 @@ def deep_second_order_check(problem: DeepProblem, params: DeepParams, rel_grad_n
                "curvature 2(√(λ_1λ_H) − σ_max(∇_M g))/‖Δ‖², M = W_1H")
 
 
-# --- classification of deep points (docs/theory.md §12.6) ---------------------------------------------------------
+# --- classification of deep points (docs/theory.md §12.7) ---------------------------------------------------------
 
 @dataclasses.dataclass
 class DeepCriticalPoint(CriticalPoint):
@@ -117,7 +117,7 @@ def best_known(problem: DeepProblem) -> dict:
             "rule": GLOBAL_RULE, "note": NO_CERTIFICATE}
 
 
-#: what "global_minimizer" means at depth ≥ 2 (docs/theory.md §12.6), written into every deep record
+#: what "global_minimizer" means at depth ≥ 2 (docs/theory.md §12.7), written into every deep record
 GLOBAL_RULE = ("depth ≥ 2: global_minimizer = a second-order minimum whose objective reaches the lowest value ufm "
                "knows (the DNC value, the low-rank search, any point found in the same run) within obj_tol relative, "
                "or goes below it; spurious_local_minimizer = a second-order minimum above a known value; neither is "
@@ -128,7 +128,7 @@ def analyze_deep_point(problem: DeepProblem, point, *, hessian: str = "auto", to
                        label: str = "", eigensolver: str = "auto", hessian_dtype: str = "float64",
                        reference: Optional[float] = None) -> DeepCriticalPoint:
     """Measure ‖∇f‖ and the Hessian spectrum of the deep objective at ``point`` (DeepParams or flat vector) over all
-    factors (W_1, …, W_L, H, b), deflate the symmetry orbit of docs/theory.md §12.6, and classify it with the
+    factors (W_1, …, W_L, H, b), deflate the symmetry orbit of docs/theory.md §12.7, and classify it with the
     meanings of :func:`ufm.critical.classify`. ``global_minimizer`` is judged against ``reference`` (default: the
     lowest value ufm knows, :func:`best_known`) and is not certified (GLOBAL_RULE). Never raises on NaN/inf."""
     from .errors import UFMInputError
@@ -179,6 +179,6 @@ def deep_origin(problem: DeepProblem) -> DeepParams:
 def deep_origin_min_eig_theory(problem: DeepProblem) -> float:
     """λ_min of the (W_1, …, W_L, H) block of ∇²f at the origin, depth ≥ 2: min(λ_1, …, λ_L, λ_H). The logits are a
     product of L + 1 ≥ 3 factors (σ positively homogeneous), so the data term has no second-order part there and
-    the block is the penalty's diag(λ) (docs/theory.md §12.6): unlike depth 1 (§5.4) the origin is never a strict
+    the block is the penalty's diag(λ) (docs/theory.md §12.7): unlike depth 1 (§5.4) the origin is never a strict
     saddle at depth ≥ 2."""
     return float(min(*problem.lams, problem.lam_H))

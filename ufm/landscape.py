@@ -28,6 +28,9 @@ CENSUS_SCALES = (0.03, 0.1, 0.3, 1.0)
 #: to max(1, ‖x‖)) it restarts from the saddle with when all of them stop short of a critical point
 ESCAPE_SOLVERS = ("auto", "lbfgs", "newton")
 ESCAPE_STEPS = (1e-2, 1e-1)
+#: the most census starts: each is a full solve (≥ 0.05 s even at toy sizes), so 10⁵ starts is already days of work;
+#: a larger count is a typo, refused before any work rather than left running
+MAX_STARTS = 100_000
 #: census stages reported to ``progress``
 STAGES = ("starts", "classifying", "escaping")
 
@@ -69,7 +72,7 @@ def _invariants(problem, x) -> tuple:
 def same_orbit(problem: Problem, x1, x2, rtol: float = 1e-6) -> bool:
     """Whether two points lie on one symmetry orbit: Z = WH and b are invariant under (W, H) ↦ (WQ, QᵀH), and a
     balanced factorisation is fixed by Z up to that rotation; a free softmax bias is compared up to b + s1. At depth
-    ≥ 2 the logits and every layer's feature Gram matrix are compared (docs/theory.md §12.6)."""
+    ≥ 2 the logits and every layer's feature Gram matrix are compared (docs/theory.md §12.7)."""
     inv1, b1 = _invariants(problem, x1)
     inv2, b2 = _invariants(problem, x2)
     for Z1, Z2 in zip(inv1, inv2):
@@ -153,7 +156,7 @@ def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances
 def _judge_against_found(points: list, tolerances: Tolerances, deep: bool = False) -> None:
     """Every point a census found (and every escape's landing) is an explicit point: the lowest objective among
     them is one more upper bound on the optimum, so a second-order minimum above it is provably not global. At
-    depth ≥ 2 (``deep``) "global" is only "reaches the best value known" (docs/theory.md §12.6), so it is demoted
+    depth ≥ 2 (``deep``) "global" is only "reaches the best value known" (docs/theory.md §12.7), so it is demoted
     too."""
     from .bounds import certified
 
@@ -214,8 +217,8 @@ def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian:
     from .errors import UFMInputError
     from .solvers import MAX_SEED, as_solver
 
-    if isinstance(starts, bool) or not isinstance(starts, (int, np.integer)) or starts < 1:
-        raise UFMInputError("--starts", starts, "must be an integer ≥ 1")
+    if isinstance(starts, bool) or not isinstance(starts, (int, np.integer)) or not 1 <= starts <= MAX_STARTS:
+        raise UFMInputError("--starts", starts, f"must be an integer in [1, {MAX_STARTS}] (each start is a full solve)")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED - (starts - 1):
         raise UFMInputError("--seed", seed, f"start i uses seed + i: must be an integer in [0, {MAX_SEED - (starts - 1)}]"
                             f" for {starts} starts")

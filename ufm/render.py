@@ -123,7 +123,7 @@ def render_landscape(rec: dict) -> str:
                      f"{_num(rec['dnc']['scale'], '.6g')}, {rec['dnc']['geometry'].replace('_', ' ')}")
     if "origin_min_eig_theory" in rec:
         th = rec["origin_min_eig_theory"]
-        where = "§12.6, the (W_1…W_L, H) block" if c.get("depth", 1) > 1 else "§5.4"
+        where = "§12.7, the (W_1…W_L, H) block" if c.get("depth", 1) > 1 else "§5.4"
         lines.append(f"theory λ_min at the origin (docs/theory.md {where}): {_num(th, '.2e')}"
                      + ("  (defined for CE, LS and FL only)" if th is None else ""))
     head = f"{'point':10}{'class':>26}{'f':>14}{'‖∇f‖':>10}{'λ_min':>11}{'λ_min⊥':>11}{'λ_max':>10}{'#neg':>6}{'#zero/exp':>11}{'resid':>9}"

@@ -119,6 +119,8 @@ def estimate(problem, *, solver="auto", dtype: str = "float64", max_steps: int =
 def check_fits(problem, *, flag: str = "-K/-d/-n", have: int | None = None, **kwargs) -> Estimate:
     """Raise :class:`UFMInputError` naming ``flag`` when the estimate exceeds the memory available (``have``, read
     from the machine when not given)."""
+    if flag == "-K/-d/-n" and hasattr(problem, "widths"):
+        flag = "-K/-d/-n/--widths"                       # at depth the hidden widths are sizes too
     est = estimate(problem, **kwargs)
     have = available_bytes() if have is None else have
     if est.total > have:

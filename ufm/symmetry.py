@@ -91,7 +91,7 @@ def no_tangent(shape, P: int):
     return np.zeros((shape.d, shape.d)), np.zeros((shape.d, shape.d))
 
 
-# --- the deep UFM (docs/theory.md §12.6) ------------------------------------------------------------------------
+# --- the deep UFM (docs/theory.md §12.7) ------------------------------------------------------------------------
 #: entries of the explicit deep tangent basis (P × dim, float64) above which a deep analysis is refused: 5·10⁷
 #: entries are 400 MB, and the basis is formed and orthonormalised by an SVD on the host
 DEEP_BASIS_MAX_ENTRIES = 50_000_000
@@ -115,7 +115,7 @@ def check_deep_basis(problem) -> None:
     dim = sum(m * (m - 1) // 2 for _, m, _, _ in deep_junctions(problem)) + int(has_free_shift(problem))
     if dim * problem.num_params > DEEP_BASIS_MAX_ENTRIES:
         from .errors import UFMInputError
-        raise UFMInputError("-K/-d/-n", f"{problem.num_params:,} parameters", f"the deep orbit tangent basis could "
+        raise UFMInputError("-K/-d/-n/--widths", f"{problem.num_params:,} parameters", f"the deep orbit tangent basis could "
                             f"hold {dim:,} × {problem.num_params:,} entries (> {DEEP_BASIS_MAX_ENTRIES:,}, "
                             "docs/theory.md §12.7); use smaller sizes or widths")
 
