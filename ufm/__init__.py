@@ -30,6 +30,7 @@ _EXPORTS = {
     "deep": ("DeepParams", "DeepProblem", "deep_problem"),
     "deep_theory": ("dnc_value", "dnc_point", "low_rank_search"),
     "deep_report": ("deep_record",),
+    "deep_landscape": ("DeepCriticalPoint", "analyze_deep_point"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -136,15 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     lp = sub.add_parser("landscape", help="Hessian spectra and classification of critical points (saddles, minima)",
                         description="Classify critical points of (7) by their measured Hessian spectrum.\n\n"
                                     "examples:\n  ufm landscape -K 4 -d 6 -n 5 --lam 5e-3 --loss ls\n"
-                                    "  ufm landscape -K 3 -d 4 -n 2 --lam 0.05 --loss ls --at census --starts 12 --json",
+                                    "  ufm landscape -K 3 -d 4 -n 2 --lam 0.05 --loss ls --at census --starts 12 --json\n"
+                                    "  ufm landscape -K 10 -d 10 -n 1 --lam 3e-3 --no-bias --depth 2 --at dnc",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_problem_flags(lp)
+    add_depth_flags(lp)
     # None = not given: the solve flags resolve per --at (commands._SOLVE_DEFAULTS: the census defaults to LM at
     # gtol 1e-10, 500 steps a start, cycled start scales), and a flag --at would ignore is refused
     lp.set_defaults(solver=None, gtol=None, rtol=None, max_steps=None, seed=None, init_scale=None, dtype=None)
     g = lp.add_argument_group("landscape")
-    g.add_argument("--at", choices=("solution", "origin", "census"), default="solution",
-                   help="analyse the solve's end point, the origin, or a census of critical points (default solution)")
+    g.add_argument("--at", choices=("solution", "origin", "census", "dnc"), default="solution",
+                   help="analyse the solve's end point, the origin, or a census of critical points (default solution); "
+                   "with --depth ≥ 2 also dnc, the deep-neural-collapse point (docs/theory.md §12.2)")
     g.add_argument("--starts", type=_int_min(1), help="census: number of random starts, start i with seed --seed + i "
                    "(default 20; the census runs --solver lm, --gtol 1e-10, --max-steps 500 a start and cycles "
                    "--init-scale through 0.03, 0.1, 0.3, 1 unless those flags are given)")

@@ -177,11 +177,14 @@ def _landscape_options(args) -> dict:
 
     if args.starts is not None and args.at != "census":
         raise UFMInputError("--starts", args.starts, "applies only with --at census")
-    if args.at == "origin":
+    if args.at == "dnc" and getattr(args, "depth", 1) == 1:
+        raise UFMInputError("--at", "dnc", "the deep-neural-collapse point needs --depth ≥ 2 (at depth 1 the NC "
+                            "optimum is what --at solution finds)")
+    if args.at in ("origin", "dnc"):
         for key, flag in _SOLVE_FLAGS.items():
             if getattr(args, key) is not None:
-                raise UFMInputError(flag, getattr(args, key), "--at origin runs no solve; use it with --at solution "
-                                    "or --at census")
+                raise UFMInputError(flag, getattr(args, key), f"--at {args.at} runs no solve; use it with --at "
+                                    "solution or --at census")
         return {}
     from .solvers import default_tolerances
 
@@ -207,6 +210,14 @@ def cmd_landscape(args) -> int:
     # everything that can be refused is refused here, before the first solve or Hessian
     problem = problem_from_args(args)
     opts = _landscape_options(args)
+    deep = hasattr(problem, "depth")
+    if args.at == "dnc":
+        from .deep_theory import dnc_value
+
+        dnc = dnc_value(problem)
+        if dnc.objective is None:
+            from .errors import UFMInputError
+            raise UFMInputError("--at", "dnc", f"this problem has no DNC point: {dnc.reason}")
     tol = Tolerances(grad_tol=args.grad_tol, zero_tol=args.zero_tol)
     save = check_output_path("--save", args.save, (".npz",))
     if opts:
@@ -226,6 +237,10 @@ def cmd_landscape(args) -> int:
                       init_scales=list(CENSUS_SCALES if opts["init_scale"] is None else [opts["init_scale"]]))
     config["escape_solvers"] = None if args.no_escape else list(ESCAPE_SOLVERS)
     rec = {"at": args.at, "config": config}
+    if deep:
+        from .deep_landscape import GLOBAL_RULE
+
+        rec["global_rule"] = GLOBAL_RULE
     code = EXIT_OK
     if args.at == "census":
         cs = census(problem, opts["starts"], hessian=args.hessian, **curv, tolerances=tol, with_escape=not args.no_escape,
@@ -244,6 +259,16 @@ def cmd_landscape(args) -> int:
             rec["solve"] = {"status": sol.status.name.lower(), "steps": sol.steps, "grad_norm": sol.grad_norm}
             code = EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
             point, label = sol.params, "solution"
+        elif args.at == "dnc":
+            from .deep_theory import dnc_point
+
+            point, label = dnc_point(problem, dnc), "dnc"
+            rec["dnc"] = dnc.as_dict()
+        elif deep:
+            from .deep_landscape import deep_origin, deep_origin_min_eig_theory
+
+            point, label = deep_origin(problem), "origin"
+            rec["origin_min_eig_theory"] = deep_origin_min_eig_theory(problem)
         else:
             point, label = origin(problem), "origin"
             try:

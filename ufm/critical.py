@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -249,10 +249,15 @@ def check_eigensolver(problem: Problem, method: str, eigensolver: str = "auto", 
 
 
 def classify(objective: float, grad_norm: float, min_eig: float, min_eig_deflated: float, zero_tol: float,
-             lower: Optional[float], upper: Optional[float], tolerances: Tolerances) -> str:
+             lower: Optional[float], upper: Optional[float], tolerances: Tolerances, *,
+             best_known: bool = False) -> str:
     """The class from measured numbers (see the module docstring); [lower, upper] is the proven bracket on the
     global optimum (either may be None). Every class needs an affirmative comparison on finite numbers: NaN compares
-    False both ways, so a chain of fall-throughs would call a NaN point a minimiser."""
+    False both ways, so a chain of fall-throughs would call a NaN point a minimiser.
+
+    ``best_known`` (the deep UFM, where nothing proves a lower bound; docs/theory.md §12.6): ``upper`` is the lowest
+    objective ufm knows, and a second-order minimum that reaches it (relative obj_tol) is ``global_minimizer`` in that
+    uncertified sense; the record says so."""
     from .bounds import certified
     finite = lambda *vals: all(v is not None and math.isfinite(v) for v in vals)
     if not finite(objective, grad_norm):
@@ -268,6 +273,8 @@ def classify(objective: float, grad_norm: float, min_eig: float, min_eig_deflate
     if not finite(upper):
         return "local_minimizer"
     meets = abs(objective - upper) <= tolerances.obj_tol * max(1.0, abs(upper))
+    if best_known and (meets or objective < upper):
+        return "global_minimizer"
     if meets and finite(lower) and certified(lower, upper):
         return "global_minimizer"
     if objective > upper and not meets:
@@ -296,15 +303,160 @@ def _finite_tangent(problem: Problem, x):
     """The orbit tangent, or None where x (or WᵀW + HHᵀ, which overflows first) is not finite: eigh raises there."""
     if not np.all(np.isfinite(x)):
         return None
-    W, H, _ = unflatten(x, problem.shape)
-    with np.errstate(all="ignore"):
-        M = W.T @ W + H @ H.T
-    if not np.all(np.isfinite(M)):
-        return None
+    if hasattr(problem, "widths"):
+        # deep: every factor's Gram (each junction's M is a sum of two of them) must be finite
+        p = problem.unflatten(x)
+        with np.errstate(all="ignore"):
+            grams = [np.asarray(F).T @ np.asarray(F) for F in (*p.Ws, p.H.T)]
+        if not all(np.all(np.isfinite(G)) for G in grams):
+            return None
+    else:
+        W, H, _ = unflatten(x, problem.shape)
+        with np.errstate(all="ignore"):
+            M = W.T @ W + H @ H.T
+        if not np.all(np.isfinite(M)):
+            return None
     try:
         return orbit_tangent(problem, x)
     except np.linalg.LinAlgError:
         return None
+
+
+class Spectrum(NamedTuple):
+    """What :func:`measure_spectrum` measured: the extreme eigenvalues of ∇²f and of the deflated operator, the zero
+    tolerance they were judged with, the counts (dense: counted; matrix-free: see CriticalPoint), the largest
+    residual, the λ_min eigenvector and eigenspace (dense), and the full spectra (dense; None otherwise)."""
+
+    min_eig: float
+    max_eig: float
+    min_perp: float
+    residual: float
+    ztol: float
+    n_neg: Optional[int]
+    n_zero: Optional[int]
+    min_space: Optional[np.ndarray]
+    theta: Optional[np.ndarray]
+    theta_perp: Optional[np.ndarray]
+    vmin: np.ndarray
+
+
+def measure_spectrum(problem, mf: MatrixFree, x, tangent, method: str, solver, dtype: str, tolerances: Tolerances,
+                     gnorm: float, curvature: dict, not_finite: list) -> Spectrum:
+    """The Hessian spectrum at x (dense eigh, ARPACK or the JAX Lanczos by ``method``/``solver``) and the spectrum
+    deflated by the orbit ``tangent`` (symmetry.py: one layer's or the deep one's), for any problem whose shape
+    carries its flat objective. Appends "point"/"hessian" to ``not_finite`` where those are not finite, and fills
+    ``curvature`` with what ran."""
+    nan = float("nan")
+    theta_perp = None
+    min_eig = max_eig = min_perp = residual = ztol = nan
+    n_neg = n_zero = min_space = theta = None
+    vmin = np.zeros_like(x)
+    if not not_finite and tangent is None:
+        not_finite.append("point")           # W, H finite but WᵀW + HHᵀ overflows: no orbit to deflate
+    if not not_finite:
+        started = time.perf_counter()
+        try:
+            if method == "dense":
+                Hd = np.asarray(dense_hessian(mf.x, mf.reg, problem.shape))
+                if not np.all(np.isfinite(Hd)):
+                    raise NonFiniteCurvature("dense Hessian")
+                theta, vecs = np.linalg.eigh(Hd)
+                hess_norm = float(np.max(np.abs(theta)))
+                ztol = tolerances.zero(hess_norm, gnorm)
+                basis = jax.vmap(lambda e: project(tangent, mf.x, e, problem.shape))(jnp.eye(x.size))
+                Pm = np.asarray(basis).T
+                Q = np.eye(x.size) - Pm
+                theta_perp = np.linalg.eigvalsh(Q @ Hd @ Q + (hess_norm + 1.0) * Pm)
+                min_eig, max_eig, vmin = float(theta[0]), float(theta[-1]), vecs[:, 0]
+                min_perp = float(theta_perp[0])
+                n_neg, n_zero = int(np.sum(theta < -ztol)), int(np.sum(np.abs(theta) <= ztol))
+                residual = max(mf.residual(theta[0], vecs[:, 0]), mf.residual(theta[-1], vecs[:, -1]))
+                min_space = vecs[:, theta <= theta[0] + ztol]
+            elif solver == "arpack":
+                top = mf.largest()
+                hess_norm = abs(top.value)
+                sigma = top.value + max(1.0, 0.01 * abs(top.value))
+                low = mf.smallest(sigma)
+                ztol = tolerances.zero(max(hess_norm, abs(low.value)), gnorm)
+                perp = mf.smallest(sigma, op=mf.H_deflated(tangent, sigma))
+                curvature["matvecs"] = top.matvecs + low.matvecs + perp.matvecs
+            else:
+                # both ends of the spectrum from one run; the deflated operator lifts the orbit tangent just
+                # above λ_max (a shift on ‖∇²f‖'s scale keeps the deflated run's tolerance on that scale too)
+                rtol, atol = residual_tolerance(*tolerances.zero_parts(gnorm, dtype), dtype)
+                curvature["convergence"] = (f"residual ≤ max({rtol:g}·‖∇²f‖, {atol:.2g}) per Ritz pair (1% of "
+                                            "the zero tolerance)")
+                dev = DeviceCurvature(problem, mf.x, dtype, tolerance=(rtol, atol))
+                low, top = dev.extremes()
+                hess_norm = max(abs(top.value), abs(low.value))
+                sigma = top.value + 0.01 * hess_norm if hess_norm > 0 else 1.0
+                ztol = tolerances.zero(hess_norm, gnorm, dtype)
+                perp = dev.smallest_deflated(tangent, sigma, hess_norm, vector=False)
+                curvature["matvecs"] = dev.matvecs
+            if method == "lanczos":
+                min_eig, max_eig, vmin = low.value, top.value, low.vector
+                min_perp = perp.value
+                n_neg = None if min_eig < -ztol else 0
+                n_zero = tangent.dim if min_perp > ztol else None
+                residual = max(top.residual, low.residual, perp.residual)
+                min_space = None                 # Lanczos returns one vector of a possibly repeated eigenvalue
+            curvature["seconds"] = time.perf_counter() - started     # the spectrum alone, compilation included
+            if not all(math.isfinite(v) for v in (min_eig, max_eig, min_perp)):
+                raise NonFiniteCurvature("eigenvalues")
+        except (NonFiniteCurvature, np.linalg.LinAlgError):
+            # eigh fails to converge on NaN; ARPACK is stopped at the first non-finite HVP (hessian.py)
+            not_finite.append("hessian")
+            min_eig = max_eig = min_perp = residual = nan
+            n_neg = n_zero = min_space = theta = None
+            vmin = np.zeros_like(x)
+
+    return Spectrum(min_eig, max_eig, min_perp, residual, ztol, n_neg, n_zero, min_space, theta,
+                    theta_perp if method == "dense" and theta is not None else None, vmin)
+
+
+def direction_record(mf: MatrixFree, nc, min_eig: float, min_space) -> Optional[dict]:
+    """The record of an explicit direction ``nc`` = (Δ, predicted Δᵀ∇²fΔ, σ_max) (§5.3's; the deep input junction's):
+    its predicted and measured curvature per unit ‖Δ‖², against λ_min. None when there is no such direction."""
+    if nc is None:
+        return None
+    delta, predicted, smax = nc
+    norm2 = float(delta @ delta)
+    measured = float(delta @ mf.H(delta))
+    # Δ is a λ_min eigenvector iff its Rayleigh quotient equals λ_min; on the dense path also report how
+    # much of Δ lies in the (often repeated) λ_min eigenspace
+    overlap = None if min_space is None else float(np.linalg.norm(min_space.T @ delta) / np.sqrt(norm2))
+    return {"predicted_curvature": float(predicted / norm2), "measured_curvature": measured / norm2,
+            "min_eig": min_eig, "sigma_max_grad_Z": smax, "overlap_with_min_eigenspace": overlap}
+
+
+def curvature_plan(problem, tolerances, hessian: str, eigensolver: str, hessian_dtype: str):
+    """(method, eigensolver, dtype, the record's ``curvature``) of an analysis, every choice checked before any work."""
+    from .errors import UFMInputError
+
+    if not isinstance(tolerances, Tolerances):
+        raise UFMInputError("tolerances", tolerances, "pass a ufm.critical.Tolerances")
+    method = check_hessian(problem, hessian)
+    solver = check_eigensolver(problem, method, eigensolver, hessian_dtype)
+    dtype = hessian_dtype if method == "lanczos" else "float64"
+    curvature = {"eigensolver": solver or "dense eigh", "dtype": dtype, "matvecs": None, "seconds": None,
+                 "convergence": "all eigenvalues (numpy eigh)" if method == "dense" else
+                 "ARPACK tol 1e-10 relative to σ − θ (shifted operator)"}
+    return method, solver, dtype, curvature
+
+
+def first_order(problem, x):
+    """(MatrixFree at x, f, ‖∇f‖, what is not finite, the orbit tangent or None) at the flat float64 point x; call
+    inside an x64 scope."""
+    from .errors import UFMInputError
+
+    if x.shape != (problem.num_params,):
+        raise UFMInputError("point", f"shape {x.shape}", f"a flat vector of {problem.num_params} entries or Params")
+    mf = MatrixFree(problem, x)
+    f, g = value_and_grad(mf.x, mf.reg, problem.shape)
+    f, gnorm = float(f), float(np.linalg.norm(np.asarray(g)))
+    not_finite = [name for name, ok in (("point", np.all(np.isfinite(x))), ("objective", math.isfinite(f)),
+                                        ("gradient", math.isfinite(gnorm))) if not ok]
+    return mf, f, gnorm, not_finite, _finite_tangent(problem, x)
 
 
 def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances: Tolerances = Tolerances(),
@@ -318,90 +470,22 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
     float64). ``curvature`` in the record says what ran."""
     from .errors import UFMInputError
 
-    if not isinstance(tolerances, Tolerances):
-        raise UFMInputError("tolerances", tolerances, "pass a ufm.critical.Tolerances")
-    method = check_hessian(problem, hessian)
-    solver = check_eigensolver(problem, method, eigensolver, hessian_dtype)
-    dtype = hessian_dtype if method == "lanczos" else "float64"
-    curvature = {"eigensolver": solver or "dense eigh", "dtype": dtype, "matvecs": None, "seconds": None,
-                 "convergence": "all eigenvalues (numpy eigh)" if method == "dense" else
-                 "ARPACK tol 1e-10 relative to σ − θ (shifted operator)"}
-    nan = float("nan")
+    if hasattr(problem, "widths"):                  # the deep UFM (docs/theory.md §12.6)
+        from .deep_landscape import analyze_deep_point
+        return analyze_deep_point(problem, point, hessian=hessian, tolerances=tolerances, label=label,
+                                  eigensolver=eigensolver, hessian_dtype=hessian_dtype)
+    method, solver, dtype, curvature = curvature_plan(problem, tolerances, hessian, eigensolver, hessian_dtype)
     with jax.enable_x64(True), np.errstate(all="ignore"):
         x = np.asarray(flatten(point, xp=np) if isinstance(point, Params) else point, dtype=np.float64)
-        if x.shape != (problem.num_params,):
-            raise UFMInputError("point", f"shape {x.shape}", f"a flat vector of {problem.num_params} entries or Params")
+        mf, f, gnorm, not_finite, tangent = first_order(problem, x)
         shape = problem.shape
-        mf = MatrixFree(problem, x)
-        f, g = value_and_grad(mf.x, mf.reg, shape)
-        f, gnorm = float(f), float(np.linalg.norm(np.asarray(g)))
-        not_finite = [name for name, ok in (("point", np.all(np.isfinite(x))), ("objective", math.isfinite(f)),
-                                            ("gradient", math.isfinite(gnorm))) if not ok]
-        tangent = _finite_tangent(problem, x)
         th = theory_optimum(problem)
         f_star = th.objective if th.applies else None
 
-        min_eig = max_eig = min_perp = residual = ztol = nan
-        n_neg = n_zero = min_space = theta = None
-        vmin = np.zeros_like(x)
-        if not not_finite and tangent is None:
-            not_finite.append("point")           # W, H finite but WᵀW + HHᵀ overflows: no orbit to deflate
-        if not not_finite:
-            started = time.perf_counter()
-            try:
-                if method == "dense":
-                    Hd = np.asarray(dense_hessian(mf.x, mf.reg, shape))
-                    if not np.all(np.isfinite(Hd)):
-                        raise NonFiniteCurvature("dense Hessian")
-                    theta, vecs = np.linalg.eigh(Hd)
-                    hess_norm = float(np.max(np.abs(theta)))
-                    ztol = tolerances.zero(hess_norm, gnorm)
-                    basis = jax.vmap(lambda e: project(tangent, mf.x, e, shape))(jnp.eye(x.size))
-                    Pm = np.asarray(basis).T
-                    Q = np.eye(x.size) - Pm
-                    theta_perp = np.linalg.eigvalsh(Q @ Hd @ Q + (hess_norm + 1.0) * Pm)
-                    min_eig, max_eig, vmin = float(theta[0]), float(theta[-1]), vecs[:, 0]
-                    min_perp = float(theta_perp[0])
-                    n_neg, n_zero = int(np.sum(theta < -ztol)), int(np.sum(np.abs(theta) <= ztol))
-                    residual = max(mf.residual(theta[0], vecs[:, 0]), mf.residual(theta[-1], vecs[:, -1]))
-                    min_space = vecs[:, theta <= theta[0] + ztol]
-                elif solver == "arpack":
-                    top = mf.largest()
-                    hess_norm = abs(top.value)
-                    sigma = top.value + max(1.0, 0.01 * abs(top.value))
-                    low = mf.smallest(sigma)
-                    ztol = tolerances.zero(max(hess_norm, abs(low.value)), gnorm)
-                    perp = mf.smallest(sigma, op=mf.H_deflated(tangent, sigma))
-                    curvature["matvecs"] = top.matvecs + low.matvecs + perp.matvecs
-                else:
-                    # both ends of the spectrum from one run; the deflated operator lifts the orbit tangent just
-                    # above λ_max (a shift on ‖∇²f‖'s scale keeps the deflated run's tolerance on that scale too)
-                    rtol, atol = residual_tolerance(*tolerances.zero_parts(gnorm, dtype), dtype)
-                    curvature["convergence"] = (f"residual ≤ max({rtol:g}·‖∇²f‖, {atol:.2g}) per Ritz pair (1% of "
-                                                "the zero tolerance)")
-                    dev = DeviceCurvature(problem, mf.x, dtype, tolerance=(rtol, atol))
-                    low, top = dev.extremes()
-                    hess_norm = max(abs(top.value), abs(low.value))
-                    sigma = top.value + 0.01 * hess_norm if hess_norm > 0 else 1.0
-                    ztol = tolerances.zero(hess_norm, gnorm, dtype)
-                    perp = dev.smallest_deflated(tangent, sigma, hess_norm, vector=False)
-                    curvature["matvecs"] = dev.matvecs
-                if method == "lanczos":
-                    min_eig, max_eig, vmin = low.value, top.value, low.vector
-                    min_perp = perp.value
-                    n_neg = None if min_eig < -ztol else 0
-                    n_zero = tangent.dim if min_perp > ztol else None
-                    residual = max(top.residual, low.residual, perp.residual)
-                    min_space = None                 # Lanczos returns one vector of a possibly repeated eigenvalue
-                curvature["seconds"] = time.perf_counter() - started     # the spectrum alone, compilation included
-                if not all(math.isfinite(v) for v in (min_eig, max_eig, min_perp)):
-                    raise NonFiniteCurvature("eigenvalues")
-            except (NonFiniteCurvature, np.linalg.LinAlgError):
-                # eigh fails to converge on NaN; ARPACK is stopped at the first non-finite HVP (hessian.py)
-                not_finite.append("hessian")
-                min_eig = max_eig = min_perp = residual = nan
-                n_neg = n_zero = min_space = theta = None
-                vmin = np.zeros_like(x)
+        sp = measure_spectrum(problem, mf, x, tangent, method, solver, dtype, tolerances, gnorm, curvature,
+                              not_finite)
+        min_eig, max_eig, min_perp, residual, ztol = sp.min_eig, sp.max_eig, sp.min_perp, sp.residual, sp.ztol
+        n_neg, n_zero, min_space, theta, vmin = sp.n_neg, sp.n_zero, sp.min_space, sp.theta, sp.vmin
 
         # the bracket decides only between the kinds of second-order minimum: computed for those alone (the convex
         # lifting compiles per loss and K, which a census of saddles need not pay)
@@ -411,17 +495,8 @@ def analyze_point(problem: Problem, point, *, hessian: str = "auto", tolerances:
             lower, upper, bounds = judged_against(problem, th)
         cls = classify(f, gnorm, min_eig, min_perp, ztol, lower, upper, tolerances)
 
-        direction = None
         nc = negative_curvature_direction(problem, x) if tangent is not None and not not_finite else None
-        if nc is not None:
-            delta, predicted, smax = nc
-            norm2 = float(delta @ delta)
-            measured = float(delta @ mf.H(delta))
-            # Δ is a λ_min eigenvector iff its Rayleigh quotient equals λ_min; on the dense path also report how
-            # much of Δ lies in the (often repeated) λ_min eigenspace
-            overlap = None if min_space is None else float(np.linalg.norm(min_space.T @ delta) / np.sqrt(norm2))
-            direction = {"predicted_curvature": float(predicted / norm2), "measured_curvature": measured / norm2,
-                         "min_eig": min_eig, "sigma_max_grad_Z": smax, "overlap_with_min_eigenspace": overlap}
+        direction = direction_record(mf, nc, min_eig, min_space)
 
         W, H, b = unflatten(x, shape)
         return CriticalPoint(

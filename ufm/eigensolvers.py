@@ -273,7 +273,7 @@ class DeviceCurvature:
 
     def __init__(self, problem, x, dtype: str = "float64", *, tolerance: tuple[float, float] | None = None,
                  basis: int | None = None, keep: int = KEEP, max_cycles: int = MAX_CYCLES, seed: int = 0):
-        from .problem import Reg
+        from .hessian import reg_of
 
         self.problem = problem
         self.shape = problem.shape
@@ -283,7 +283,7 @@ class DeviceCurvature:
         self.rtol, self.atol = tolerance or residual_tolerance(1e-8, 0.0, dtype)
         self.x64 = x                                      # kept as given: the float32 path's residuals use it
         self.x = jnp.asarray(x, dtype)                    # no copy when x is already a device array of this dtype
-        self.reg = Reg(*(jnp.asarray(v, dtype) for v in problem.reg))
+        self.reg = reg_of(problem, dtype)
         self.P = int(self.x.size)
         self.basis = basis_size(self.P) if basis is None else basis
         self.keep, self.max_cycles = keep, max_cycles
@@ -294,7 +294,7 @@ class DeviceCurvature:
         # free_shift is the problem's, not the tangent's (the same by construction), so that the plain and the
         # deflated run share one compiled program
         from .hessian import Eig, MatrixFree, NonFiniteCurvature
-        from .symmetry import has_free_shift
+        from .symmetry import has_free_shift, no_tangent
 
         wanted = {"min": (0,), "max": (1,), "both": (0, 1)}[which]
         # float32 brings every wanted vector home (its residuals are measured there, in float64); float64 only the
@@ -304,9 +304,10 @@ class DeviceCurvature:
         own = vectors[0] if vectors else wanted[0]
         n_out = 1 if self.dtype == "float64" else 2
         v0 = jnp.asarray(self.rng.standard_normal(self.P), self.dtype)
-        d = self.shape.d
-        U = jnp.zeros((d, d), self.dtype) if tangent is None else jnp.asarray(tangent.U, self.dtype)
-        w = jnp.zeros((d, d), self.dtype) if tangent is None else jnp.asarray(tangent.weights, self.dtype)
+        if tangent is None:
+            U, w = (jnp.asarray(a, self.dtype) for a in no_tangent(self.shape, self.P))
+        else:
+            U, w = jnp.asarray(tangent.U, self.dtype), jnp.asarray(tangent.weights, self.dtype)
         # "highest": on a GPU, float32 products would otherwise run as TF32 (a 10-bit mantissa), far below the
         # 1e-5 relative residual float32 is asked for; on a CPU it changes nothing
         with jax.default_matmul_precision("highest"):

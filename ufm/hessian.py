@@ -28,22 +28,34 @@ from .symmetry import OrbitTangent, project
 DENSE_MAX_PARAMS = 4000
 
 
+def objective_of(shape):
+    """The flat objective of ``shape``: a deep shape (deep.py) carries its own, eq. (7)'s otherwise (as in
+    methods._derivatives), so every curvature routine below serves both."""
+    return getattr(shape, "flat_objective", flat_objective)
+
+
+def reg_of(problem, dtype=jnp.float64):
+    """``problem.reg`` (Reg, or the deep DeepReg) with every λ as a ``dtype`` array: traced, not compiled in."""
+    reg = problem.reg
+    return type(reg)(*(jnp.asarray(v, dtype) for v in reg))
+
+
 @functools.partial(jax.jit, static_argnames=("shape",))
 def hvp(x, v, reg: Reg, shape: Shape):
     """∇²f(x) v, forward-over-reverse."""
-    grad = jax.grad(flat_objective)
+    grad = jax.grad(objective_of(shape))
     return jax.jvp(lambda y: grad(y, reg, shape), (x,), (v,))[1]
 
 
 @functools.partial(jax.jit, static_argnames=("shape",))
 def value_and_grad(x, reg: Reg, shape: Shape):
-    return jax.value_and_grad(flat_objective)(x, reg, shape)
+    return jax.value_and_grad(objective_of(shape))(x, reg, shape)
 
 
 @functools.partial(jax.jit, static_argnames=("shape",))
 def dense_hessian(x, reg: Reg, shape: Shape):
     """∇²f(x) as a P×P matrix, symmetrised (autodiff round-off is not exactly symmetric)."""
-    Hm = jax.hessian(flat_objective)(x, reg, shape)
+    Hm = jax.hessian(objective_of(shape))(x, reg, shape)
     return 0.5 * (Hm + Hm.T)
 
 
@@ -95,7 +107,7 @@ class MatrixFree:
     def __init__(self, problem: Problem, x):
         self.problem = problem
         self.shape = problem.shape
-        self.reg = Reg(*(jnp.asarray(v, jnp.float64) for v in problem.reg))
+        self.reg = reg_of(problem)
         self.x = jnp.asarray(x, jnp.float64)
         self.P = int(self.x.size)
         self.rng = np.random.default_rng(0)

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .critical import CriticalPoint, Tolerances, analyze_point, check_eigensolver, check_hessian
-from .model import flat_objective, flatten, unflatten
-from .problem import Problem, Reg
+from .hessian import objective_of, reg_of
+from .model import flatten, unflatten
+from .problem import Problem
 from .solvers import Status, solve
 
 
@@ -39,14 +40,41 @@ def find_critical_point(problem: Problem, seed: int, scale: float, gtol: float =
                  dtype=dtype)
 
 
+def _deep(problem) -> bool:
+    return hasattr(problem, "widths")
+
+
+def params_of(problem, x):
+    """The flat vector x as the problem's parameters (Params, or DeepParams at depth ≥ 2)."""
+    return problem.unflatten(x) if _deep(problem) else unflatten(x, problem.shape)
+
+
+def flat_of(problem, params) -> np.ndarray:
+    return problem.flatten(params, xp=np) if _deep(problem) else flatten(params, xp=np)
+
+
+def _invariants(problem, x) -> tuple:
+    """(the orbit invariants compared as matrices, b): Z = WH for eq. (7); at depth ≥ 2 the logits and the Gram
+    matrix h⁽ˡ⁾ᵀh⁽ˡ⁾ of every layer's features (each junction rotation acts on one h⁽ˡ⁾ from the left)."""
+    p = params_of(problem, np.asarray(x))
+    if not _deep(problem):
+        W, H, b = p
+        return [W @ H], b
+    from .deep import features
+
+    hs = features(p, problem.activation, xp=np)
+    return [p.Ws[-1] @ hs[-1]] + [h.T @ h for h in hs], p.b
+
+
 def same_orbit(problem: Problem, x1, x2, rtol: float = 1e-6) -> bool:
     """Whether two points lie on one symmetry orbit: Z = WH and b are invariant under (W, H) ↦ (WQ, QᵀH), and a
-    balanced factorisation is fixed by Z up to that rotation; a free softmax bias is compared up to b + s1."""
-    W1, H1, b1 = unflatten(np.asarray(x1), problem.shape)
-    W2, H2, b2 = unflatten(np.asarray(x2), problem.shape)
-    Z1, Z2 = W1 @ H1, W2 @ H2
-    if np.linalg.norm(Z1 - Z2) > rtol * max(1.0, np.linalg.norm(Z1)):
-        return False
+    balanced factorisation is fixed by Z up to that rotation; a free softmax bias is compared up to b + s1. At depth
+    ≥ 2 the logits and every layer's feature Gram matrix are compared (docs/theory.md §12.6)."""
+    inv1, b1 = _invariants(problem, x1)
+    inv2, b2 = _invariants(problem, x2)
+    for Z1, Z2 in zip(inv1, inv2):
+        if np.linalg.norm(Z1 - Z2) > rtol * max(1.0, np.linalg.norm(Z1)):
+            return False
     if b1 is None:
         return True
     if problem.bias_mode == "free" and problem.loss.shift_invariant:
@@ -84,11 +112,11 @@ def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances
         for rel in steps:
             step = rel * max(1.0, float(np.linalg.norm(x)))
             with jax.enable_x64(True):
-                reg = Reg(*(jnp.asarray(val, jnp.float64) for val in problem.reg))
-                f = lambda y: float(flat_objective(jnp.asarray(y), reg, problem.shape))
+                reg = reg_of(problem)
+                f = lambda y: float(objective_of(problem.shape)(jnp.asarray(y), reg, problem.shape))
                 y = min((x + step * v, x - step * v), key=f)
             for name in solvers:
-                sol = solve(problem, solver=name, init=unflatten(y, problem.shape), gtol=gtol, max_steps=max_steps)
+                sol = solve(problem, solver=name, init=params_of(problem, y), gtol=gtol, max_steps=max_steps)
                 total_steps += sol.steps
                 status = sol.status.name.lower()
                 # ‖∇f‖ decides first (as in classify): a run that stopped short is not worth a Hessian
@@ -108,7 +136,7 @@ def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances
                     break
                 if landed["classification"] == "nonfinite":
                     break                      # nothing to continue from: try a larger step from the saddle
-                y = flatten(sol.params, xp=np)
+                y = flat_of(problem, sol.params)
             if next_saddle is not None:
                 break
         hops += 1
@@ -122,11 +150,14 @@ def escape(problem: Problem, point: CriticalPoint, *, hessian="auto", tolerances
             "attempts": attempts}
 
 
-def _judge_against_found(points: list, tolerances: Tolerances) -> None:
+def _judge_against_found(points: list, tolerances: Tolerances, deep: bool = False) -> None:
     """Every point a census found (and every escape's landing) is an explicit point: the lowest objective among
-    them is one more upper bound on the optimum, so a second-order minimum above it is provably not global."""
+    them is one more upper bound on the optimum, so a second-order minimum above it is provably not global. At
+    depth ≥ 2 (``deep``) "global" is only "reaches the best value known" (docs/theory.md §12.6), so it is demoted
+    too."""
     from .bounds import certified
 
+    demote = ("local_minimizer", "global_minimizer") if deep else ("local_minimizer",)
     found = [v for cp in points for v in (cp.objective, (cp.escape or {}).get("objective"))
              if v is not None and math.isfinite(v)]
     if not found:
@@ -134,13 +165,13 @@ def _judge_against_found(points: list, tolerances: Tolerances) -> None:
     best = min(found)
     above = lambda f: f > best + tolerances.obj_tol * max(1.0, abs(best))
     for cp in points:
-        if cp.classification == "local_minimizer" and above(cp.objective):
+        if cp.classification in demote and above(cp.objective):
             cp.classification = "spurious_local_minimizer"
         if cp.bounds is not None and (cp.bounds.get("upper") is None or best < cp.bounds["upper"]):
             cp.bounds = dict(cp.bounds, upper=best, upper_from="census",
                              certified=certified(cp.bounds.get("lower"), best))
         esc = cp.escape
-        if esc and esc.get("classification") == "local_minimizer" and above(esc["objective"]):
+        if esc and esc.get("classification") in demote and above(esc["objective"]):
             esc["classification"] = "spurious_local_minimizer"
 
 
@@ -208,7 +239,7 @@ def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian:
         if sol.status not in (Status.CONVERGED, Status.SADDLE):     # LM looks for critical points of any kind
             continue
         converged += 1
-        x = flatten(sol.params, xp=np).astype(np.float64)
+        x = flat_of(problem, sol.params).astype(np.float64)
         for j, y in enumerate(xs):
             if same_orbit(problem, x, y):
                 unique[j][1] += 1
@@ -231,7 +262,7 @@ def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian:
             cp.escape = escape(problem, cp, hessian=hessian, tolerances=tolerances, eigensolver=eigensolver,
                                hessian_dtype=hessian_dtype)
         report(len(saddles), len(saddles), "escaping")
-    _judge_against_found(points, tolerances)
+    _judge_against_found(points, tolerances, deep=_deep(problem))
     return Census(points, starts, converged, time.perf_counter() - t0, solver=solver if isinstance(solver, str)
                   else getattr(solver, "name", str(solver)), seeds=(seed, seed + starts - 1), scales=run_scales,
                   statuses=statuses)
@@ -249,8 +280,8 @@ def slices(problem: Problem, point: CriticalPoint, *, num: int = 61, num2d: int 
     t = np.linspace(-T, T, num)
     s2 = np.linspace(-T, T, num2d)
     with jax.enable_x64(True):
-        reg = Reg(*(jnp.asarray(val, jnp.float64) for val in problem.reg))
-        f = jax.jit(jax.vmap(lambda y: flat_objective(y, reg, problem.shape)))
+        reg = reg_of(problem)
+        f = jax.jit(jax.vmap(lambda y: objective_of(problem.shape)(y, reg, problem.shape)))
         along = lambda a, dirn: np.asarray(f(jnp.asarray(x[None, :] + a[:, None] * dirn[None, :])))
         A, B = np.meshgrid(s2, s2, indexing="ij")
         grid = np.asarray(f(jnp.asarray(x[None, :] + A.reshape(-1, 1) * v[None, :] + B.reshape(-1, 1) * r[None, :])))

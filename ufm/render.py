@@ -100,7 +100,8 @@ def render_landscape(rec: dict) -> str:
              f"λ_H={_num(c['lam_H'], 'g')} bias={c['bias']} — at {rec['at']}, Hessian {rec.get('hessian_method')}"
              + (f" ({rec['eigensolver']} eigensolver, {rec.get('hessian_dtype')})" if rec.get("eigensolver") else ""),
              f"tolerances: ‖∇f‖ ≤ {_num(tol['grad_tol'], 'g')} is critical; |θ| ≤ zero_tol is zero "
-             f"({tol['zero_tol_rule']}); objective vs theory to {_num(tol['obj_tol'], 'g')} relative"]
+             f"({tol['zero_tol_rule']}); objective vs {'the lowest known' if c.get('depth', 1) > 1 else 'theory'} "
+             f"to {_num(tol['obj_tol'], 'g')} relative"]
     if c.get("solver") is not None:
         lines.append(f"solver {c['solver']}, gtol {_num(c.get('gtol'), 'g')}, max steps {c.get('max_steps')}, "
                      + (f"seeds {c['seeds'][0]}…{c['seeds'][1]}, start scales "
@@ -113,9 +114,17 @@ def render_landscape(rec: dict) -> str:
         if not cs["converged"]:
             ends = ", ".join(f"{v} {k}" for k, v in sorted((cs.get("statuses") or {}).items()))
             lines.append(f"  no start converged ({ends or 'no runs'}): raise --max-steps or loosen --gtol")
+    if c.get("depth", 1) > 1:
+        lines.append(f"depth {c['depth']} ({c['activation']}), widths {', '.join(map(str, c['widths'])) or '—'}, "
+                     f"λ_1…λ_L = {', '.join(_num(v, 'g') for v in c['lam_layers'])}")
+        lines.append(f"rule: {rec['global_rule']}")
+    if "dnc" in rec:
+        lines.append(f"DNC point: f = {_num(rec['dnc']['objective'], '.10g')}, logit margin s = "
+                     f"{_num(rec['dnc']['scale'], '.6g')}, {rec['dnc']['geometry'].replace('_', ' ')}")
     if "origin_min_eig_theory" in rec:
         th = rec["origin_min_eig_theory"]
-        lines.append(f"theory λ_min at the origin (docs/theory.md §5.4): {_num(th, '.2e')}"
+        where = "§12.6, the (W_1…W_L, H) block" if c.get("depth", 1) > 1 else "§5.4"
+        lines.append(f"theory λ_min at the origin (docs/theory.md {where}): {_num(th, '.2e')}"
                      + ("  (defined for CE, LS and FL only)" if th is None else ""))
     head = f"{'point':10}{'class':>26}{'f':>14}{'‖∇f‖':>10}{'λ_min':>11}{'λ_min⊥':>11}{'λ_max':>10}{'#neg':>6}{'#zero/exp':>11}{'resid':>9}"
     lines += ["", head]
@@ -131,6 +140,9 @@ def render_landscape(rec: dict) -> str:
                      f"{_num(p['eig_residual'], '.1e'):>9}")
         if p.get("not_finite"):
             lines.append(f"{'':10}  not finite: {', '.join(p['not_finite'])} — neither a minimiser nor a saddle")
+        if p.get("junction_ranks") is not None:
+            lines.append(f"{'':10}  orbit: junction (width, rank) " + ", ".join(f"({m}, {r})" for m, r in
+                         p["junction_ranks"]) + f"; deflated zeros {'?' if p['n_zero_deflated'] is None else p['n_zero_deflated']}")
         if p["escape"]:
             lines.append(f"{'':10}  {_escape_line(p['escape'])}")
         f, fs, br = p["objective"], p["theory_objective"], p.get("bounds") or {}
@@ -139,6 +151,10 @@ def render_landscape(rec: dict) -> str:
         if fs is not None:
             gap = f - fs if isinstance(f, (int, float)) and isinstance(fs, (int, float)) else None
             lines.append(f"{'':10}  theory optimum f* = {_num(fs, '.8f')}; gap {_num(gap, '.2e')}")
+        elif br.get("method") == "best_known_deep":
+            gap = f - br["upper"] if isinstance(f, (int, float)) else None
+            lines.append(f"{'':10}  lowest f known {_num(br['upper'], '.10g')} (from {str(br.get('upper_from')).replace('_', ' ')}"
+                         f"; not certified); f − that {_num(gap, '.2e')}")
         elif br.get("upper") is not None:
             gap = f - br["upper"] if isinstance(f, (int, float)) else None
             state = "certified" if br.get("certified") else "open"
