@@ -9,14 +9,19 @@ no bias, λ equal on every factor and on H, `--init-scale 1`, several seeds (sta
 and its logit rank is recorded. Grids (full run):
 
 * CE, linear: K = 2…12, L = 1…5, λ ∈ {1e-3, 3e-3, 1e-2}, 3 seeds;
-* CE, ReLU: K ∈ {2, 3, 4, 6, 8, 12}, L = 2…5, λ = 3e-3, 4 seeds (ReLU starts die more often);
-* MSE (κ = β = 1), linear and ReLU: K ∈ {2, 4, 8, 12}, L = 1…5 (ReLU from 2), λ = 3e-3, 3 seeds.
+* CE, ReLU: K ∈ {2, 3, 4, 6, 8}, L = 2…5, λ = 3e-3, 4 seeds (ReLU starts die more often);
+* MSE (κ = β = 1), linear and ReLU: K ∈ {2, 4, 8}, L = 1…5 (ReLU from 2), λ = 3e-3, 3 seeds.
+
+Compilation dominates (once per (K, L, loss, activation) shape; λ and seeds reuse it), which is what sized the grids.
 
 At depth 1 the problem is eq. (7), whose optimum is the simplex ETF (DNC, docs/theory.md §3): its rows use the theory
 value. The low-rank search of the K×K reduction (docs/theory.md §12.4, deep linear only) is expensive at large K and
 L (≈ 2 min at K = 12, L = 5), so it runs where it decides something: at the largest K below each boundary the solves
 found (confirming DNC is not beaten there by the search either), and at the rows of docs/theory.md §12.6, which are
-re-run through the sweep with the seeds listed there and must reproduce its values to 1e-7.
+re-run through the sweep with the seeds listed there and must reproduce its values to 1e-7. At small sizes (CE,
+deep linear, K = 3…6, L = 2, 3) the DNC point and the best point found are classified by their Hessians over all
+factors (`ufm.deep_landscape.analyze_deep_point`, the symmetry orbit deflated; docs/theory.md §12.7) — minimum or
+saddle — judged against the best value found.
 
 Writes ``deep_collapse.md`` (the boundary table and the checks), ``deep_collapse.csv`` (every row), ``deep_collapse.json``
 (the boundaries and checks), ``deep_phase_K_L.png`` (one panel per loss and activation), ``deep_phase_L_lambda.png``
@@ -47,9 +52,9 @@ from ufm.grid import build_grid, problem_of
 FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
 #: (loss, activation, Ks, Ls, λ's, seeds) of the full run and of --quick
 FULL = [("ce", "linear", range(2, 13), range(1, 6), (1e-3, 3e-3, 1e-2), 3),
-        ("ce", "relu", (2, 3, 4, 6, 8, 12), range(2, 6), (3e-3,), 4),
-        ("mse", "linear", (2, 4, 8, 12), range(1, 6), (3e-3,), 3),
-        ("mse", "relu", (2, 4, 8, 12), range(2, 6), (3e-3,), 3)]
+        ("ce", "relu", (2, 3, 4, 6, 8), range(2, 6), (3e-3,), 4),
+        ("mse", "linear", (2, 4, 8), range(1, 6), (3e-3,), 3),
+        ("mse", "relu", (2, 4, 8), range(2, 6), (3e-3,), 3)]
 QUICK = [("ce", "linear", (3, 4), (1, 2, 3), (3e-3,), 2),
          ("ce", "relu", (3,), (2,), (3e-3,), 2),
          ("mse", "linear", (3,), (2,), (3e-3,), 2)]
@@ -71,7 +76,11 @@ QUICK_ROWS = [r for r in ROWS_12_6 if r[:4] == (4, 4, 3, 2)]
 TOL_12_6 = 1e-7
 TIE = 1e-9          # relative: "below f_DNC" means by more than this (solves stop at ‖∇f‖ ≤ 1e-9)
 #: the boundary search runs at K ≤ this (its cost grows steeply: ≈ 20 s at K = 8, L = 4, ≈ 2 min at K = 12, L = 5)
-SEARCH_K_MAX = 8
+SEARCH_K_MAX = 6
+#: where the DNC point and the best point found are classified by their Hessians (ufm.deep_landscape, dense path;
+#: docs/theory.md §12.7): CE, deep linear, λ = 3e-3, small sizes only (a dense Hessian compiles per shape)
+CLASSIFY = [(K, L) for L in (2, 3) for K in (3, 4, 5, 6)]
+CLASSIFY_QUICK = [(3, 2)]
 
 
 def parse_args(argv=None):
@@ -207,11 +216,37 @@ def layer_figure(df, out, quick):
                       layers=json.loads(row.deep_layers))
 
 
+def classify_points(df, sizes):
+    """For each (K, L): the Hessian class of the explicit DNC point (ufm.dnc_point) and of the best solve (re-solved
+    from its seed, the same deterministic path), both judged against the least value found there."""
+    from ufm.deep_landscape import analyze_deep_point
+
+    out = []
+    for K, L in sizes:
+        sel = df[(df.loss == "ce") & (df.activation == "linear") & (df.K == K) & (df.d == K) & (df.depth == L)
+                 & np.isclose(df.lam_W, LAM_MAIN) & (df.n == 1)]
+        if sel.empty:
+            continue
+        row = sel.loc[sel.objective.idxmin()]
+        prob = ufm.deep_problem(K, K, 1, depth=L, lam=LAM_MAIN, bias=False)
+        sol = ufm.solve(prob, seed=int(row.seed), init_scale=1.0)
+        reference = float(min(sel.objective.min(), row.dnc_objective))
+        t0 = time.perf_counter()
+        at_dnc = analyze_deep_point(prob, ufm.dnc_point(prob), reference=reference)
+        at_best = analyze_deep_point(prob, sol.params, reference=reference)
+        out.append(dict(K=K, L=L, f_dnc=float(row.dnc_objective), dnc_class=at_dnc.classification,
+                        dnc_min_eig=at_dnc.min_eig_deflated, dnc_grad=at_dnc.grad_norm, best=float(sol.objective),
+                        best_seed=int(row.seed), best_sweep=float(row.objective), best_class=at_best.classification,
+                        best_min_eig=at_best.min_eig_deflated, best_rank=int(row.logit_rank),
+                        seconds=time.perf_counter() - t0))
+    return out
+
+
 def _fmt(v, spec=".4g"):
     return "—" if v is None else format(v, spec)
 
 
-def write_report(out, blocks, bounds, confirm, checks, layer, wall, load, quick):
+def write_report(out, blocks, bounds, confirm, checks, layer, classes, wall, load, quick):
     lines = ["# Is deep neural collapse optimal? (experiments/deep_collapse.py" + (" --quick" if quick else "") + ")",
              "", "n = 1, d = widths = K, no bias, λ on every factor and H, best over seeds (`--init-scale 1`) "
              "against the DNC value (docs/theory.md §12.2). Grids: "
@@ -242,6 +277,16 @@ def write_report(out, blocks, bounds, confirm, checks, layer, wall, load, quick)
         lines.append(f"| {c['K']} | {c['d']} | {c['n']} | {c['L']} | {c['lam']:g} | {', '.join(map(str, c['seeds']))} | "
                      f"{c['f_dnc']:.8g} | {c['best']:.8g} | {_fmt(c['search'] if c['got_search'] else None, '.8g')} | "
                      f"{max(c['errors'].values()):.1e} | {'yes' if c['ok'] else 'NO'} |")
+    lines += ["", "## Minimum or saddle: the DNC point and the best point found (CE, deep linear, λ = 3e-3)", "",
+              "Hessian over all factors, symmetry orbit deflated (ufm.deep_landscape.analyze_deep_point, dense); "
+              "\"global_minimizer\" at depth ≥ 2 means a second-order minimum at the least value found, not "
+              "certified.", "",
+              "| K | L | f_DNC | DNC point | its λ_min⊥ | best found (seed) | its class | its λ_min⊥ | its logit rank |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for c in classes:
+        lines.append(f"| {c['K']} | {c['L']} | {c['f_dnc']:.8f} | {c['dnc_class']} | {c['dnc_min_eig']:.2e} | "
+                     f"{c['best']:.8f} ({c['best_seed']}) | {c['best_class']} | {c['best_min_eig']:.2e} | "
+                     f"{c['best_rank']} |")
     lines += ["", f"## Per layer: K = {layer['K']}, L = {layer['L']} (seed {layer['seed']}, f = {layer['objective']:.8f}, "
               f"logit rank {layer['logit_rank']})", "", "| layer | width | DNC1 | DNC2 ETF | DNC2 OF | DNC3 | rank |",
               "|---|---|---|---|---|---|---|"]
@@ -273,21 +318,26 @@ def main(argv=None):
     print(f"searches ({time.perf_counter() - t0:.0f} s)", flush=True)
     path_kl, path_ll = phase_figures(df, blocks, args.out, args.quick)
     path_layers, layer = layer_figure(df, args.out, args.quick)
+    classes = classify_points(df, CLASSIFY_QUICK if args.quick else CLASSIFY)
+    print(f"classified ({time.perf_counter() - t0:.0f} s)", flush=True)
     wall = time.perf_counter() - t0
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     csv_path = os.path.join(args.out, "deep_collapse.csv")
     df.drop(columns=["key", "grid", "idx", "run", "finished_at"]).to_csv(csv_path, index=False)
-    md, lines = write_report(args.out, blocks, bounds, confirm, checks, layer, wall, load, args.quick)
+    md, lines = write_report(args.out, blocks, bounds, confirm, checks, layer, classes, wall, load,
+                                args.quick)
     # the claims: eq. (7)'s optimum is DNC (never beaten at L = 1); DNC is beaten somewhere at L ≥ 2 (CE, linear);
     # the search never contradicts a "not beaten" boundary cell it was run at... it is reported, not required; and
     # every §12.6 row is reproduced through the sweep
     depth1_beaten = [b for b in bounds if b["L"] == 1 and b["beaten_at"]]
     deep_beaten = [b for b in bounds if b["L"] >= 2 and b["loss"] == "ce" and b["activation"] == "linear"
                    and b["beaten_at"]]
-    holds = not depth1_beaten and bool(deep_beaten) and all(c["ok"] for c in checks)
+    # a re-solve from the same seed retraces the sweep's path (deterministic): its objective must match the row
+    resolved = all(abs(c["best"] - c["best_sweep"]) <= 1e-9 * max(1.0, abs(c["best"])) for c in classes)
+    holds = not depth1_beaten and bool(deep_beaten) and all(c["ok"] for c in checks) and resolved
     summary = dict(quick=args.quick, wall_s=wall, load_average=load, blocks=[[loss, act, list(Ks), list(Ls), list(lams),
                    seeds] for loss, act, Ks, Ls, lams, seeds in blocks], boundaries=bounds, search_at_boundary=confirm,
-                   rows_12_6=checks, layers=layer, depth1_beaten=depth1_beaten, claim_holds=holds)
+                   rows_12_6=checks, layers=layer, classification=classes, depth1_beaten=depth1_beaten, claim_holds=holds)
     js = os.path.join(args.out, "deep_collapse.json")
     with open(js, "w") as fh:
         json.dump(summary, fh, indent=1)
