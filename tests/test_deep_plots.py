@@ -73,6 +73,13 @@ def test_phase_figure_cells_and_annotations(tmp_path):
             assert shown[i, j] == pytest.approx(min(truth[(L, K)][0], 0.0), abs=1e-15)
     texts = sorted(t.get_text() for t in ax.texts)
     assert texts.count("r=2") == 2 and texts.count("DNC") == 7
+    plt.close(fig)
+    # no start reaching f_DNC: still "not beaten", marked as unconfirmed
+    worse = df.assign(best_found=np.where((df.depth == 2) & (df.K == 3), df.best_found * 1.5, df.best_found))
+    fig, ax = plt.subplots()
+    plots.plot_dnc_phase(ax, worse, "K", "depth")
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("DNC*") == 1 and texts.count("DNC") == 6
     out = tmp_path / "phase.png"
     fig.savefig(out)
     plt.close(fig)

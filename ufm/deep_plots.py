@@ -4,7 +4,8 @@ sweep inputs, and the per-layer collapse of one solution. Axes in, Axes out (re-
 The phase map's colour is the relative gap (f_best − f_DNC)/|f_DNC| with f_best the least of the sweep's solves over
 seeds and the low-rank search (``best_found``), capped at 0: 0 means nothing found beats the DNC value (DNC optimal
 *so far*; at depth ≥ 2 nothing certifies a global optimum), negative values say by how much DNC is beaten. Each cell
-is annotated with the logit rank of the point that realises f_best (``DNC`` where DNC is not beaten). Depth-1 rows
+is annotated with the logit rank of the point that realises f_best (``DNC`` where DNC is not beaten, ``DNC*`` where
+it is not beaten but no start reached it either). Depth-1 rows
 (eq. (7)) use the theory optimum, whose simplex ETF is the DNC point at L = 1 (docs/theory.md §3).
 """
 
@@ -97,7 +98,9 @@ def plot_dnc_phase(ax, df, x: str = "K", y: str = "depth", activation: str = "li
             if not np.isfinite(shown[i, j]):
                 continue
             r = rank.iat[i, j]
-            text = (f"r={int(r)}" if np.isfinite(r) else "r=?") if beaten.iat[i, j] else "DNC"
+            # DNC*: nothing beat DNC, but no start reached it either (the best found lies above f_DNC)
+            text = ((f"r={int(r)}" if np.isfinite(r) else "r=?") if beaten.iat[i, j] else
+                    "DNC*" if gap.iat[i, j] > DNC_TIE else "DNC")
             light = norm(shown[i, j]) < 0.5          # cividis is dark at its low end
             ax.text(cx[j], cy[i], text, ha="center", va="center", fontsize=7,
                     color="white" if light else "black")
@@ -114,7 +117,7 @@ def plot_dnc_phase(ax, df, x: str = "K", y: str = "depth", activation: str = "li
     ax.set_title(f"is DNC optimal? {activation}, {', '.join(info['losses'])}: {pooled} (+ low-rank search)"
                  + (f"\nwhere {where_text}" if where_text else ""), fontsize=9)
     cb = ax.figure.colorbar(mesh, ax=ax)
-    cb.set_label("(f_best − f_DNC)/|f_DNC| (0: DNC not beaten)")
+    cb.set_label("(f_best − f_DNC)/|f_DNC|, capped at 0 (DNC not beaten;\n* no start reached f_DNC)", fontsize=8)
     return ax
 
 
