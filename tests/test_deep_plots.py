@@ -95,6 +95,7 @@ def test_phase_over_lambda_and_depth(tmp_path):
     fig, ax = plt.subplots()
     plots.plot_dnc_phase(ax, both, "lam_W", "depth", where=["K=10"])
     assert ax.get_xlabel().startswith("λ") and ax.get_xscale() == "linear" and ax.get_ylabel() == "depth L"
+    assert "K=10" in ax.get_title()
     plt.close(fig)
 
 

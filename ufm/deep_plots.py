@@ -69,7 +69,10 @@ def dnc_phase_table(df, x: str = "K", y: str = "depth", activation: str = "linea
     rank = best["best_found_rank"].unstack(x)
     gap, rank = gap.sort_index().sort_index(axis=1), rank.sort_index().sort_index(axis=1)
     beaten = gap < -DNC_TIE
-    gap.attrs.update(info, activation=activation)
+    from .phase import parse_where
+
+    # the selection is the caller's ``where`` (applied in _deep_rows), which the title must name
+    gap.attrs.update(info, activation=activation, where=[f"{c}={v}" for c, v in parse_where(where)])
     return gap, rank, beaten
 
 
