@@ -11,7 +11,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).parents[1]
 SCRIPTS = ["all_losses.py", "theory_boundary.py", "benign_landscape.py", "etf_geometry.py", "minority_collapse.py",
-           "fl_band.py", "digits_collapse.py"]
+           "fl_band.py", "digits_collapse.py", "deep_collapse.py"]
 
 
 @pytest.mark.slow
@@ -23,6 +23,8 @@ SCRIPTS = ["all_losses.py", "theory_boundary.py", "benign_landscape.py", "etf_ge
     ("minority_collapse.py", ["minority_collapse.md", "minority_collapse.csv", "minority_collapse.png"]),
     ("fl_band.py", ["fl_band.md", "fl_band.csv", "fl_band.png"]),
     ("digits_collapse.py", ["digits_collapse.md", "digits_collapse.csv", "digits_nc.png", "digits_geometry.png"]),
+    ("deep_collapse.py", ["deep_collapse.md", "deep_collapse.csv", "deep_collapse.json", "deep_phase_K_L.png",
+                          "deep_phase_L_lambda.png", "deep_layers.png"]),
 ])
 def test_quick_experiment(tmp_path, script, files):
     args = [sys.executable, str(ROOT / "experiments" / script), "--out", str(tmp_path), "--quick"]

@@ -195,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   ("gamma", "--gamma", "FL γ values (default 2)"), ("alpha", "--alpha", "LS α values (default 0.1)"),
                                   ("kappa", "--kappa", "MSE κ values (default 1)"), ("beta", "--beta", "MSE β values (default 1)"),
                                   ("bias", "--bias", "bias modes: regularized, free, none (default regularized)"),
-                                  ("seed", "--seed", "initialisation seeds (default 0)")]:
+                                  ("seed", "--seed", "initialisation seeds (default 0)"),
+                                  ("depth", "--depth", "depths L of the deep UFM, docs/theory.md §12 (default 1: eq. (7), "
+                                   "rows as without it)"),
+                                  ("activation", "--activation", "activations at depth ≥ 2: linear, relu (default linear)"),
+                                  ("widths", "--widths", "hidden widths at depth ≥ 2, each value sets every hidden width "
+                                   "(default d)")]:
         gg.add_argument(flag, dest=f"grid_{name}", metavar="SPEC", help=help_text)
     go = sw.add_argument_group("at each point")
     go.add_argument("--solver", help="as for ufm solve (default auto)")
@@ -206,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     go.add_argument("--analyze", action="store_true", help="also classify the solution and the origin by their Hessians")
     go.add_argument("--census", type=_int_min(0, 100_000), help="also run a census of N starts at each point")
     go.add_argument("--hessian", choices=("auto", "dense", "lanczos"), help="Hessian method for --analyze/--census")
+    go.add_argument("--low-rank-starts", type=_int_min(0), help="starts per inner width of the deep linear low-rank "
+                    "search at depth ≥ 2 (default 4; 0 skips it; docs/theory.md §12.4)")
     gx = sw.add_argument_group("execution and output")
     gx.add_argument("--config", metavar="GRID.toml", help="read the grid and options from a TOML file")
     gx.add_argument("--store", metavar="PATH.db", help="SQLite results store, resumable (default ufm-sweep.db)")

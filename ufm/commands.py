@@ -348,7 +348,7 @@ def cmd_sweep(args) -> int:
     flags = {name: getattr(args, f"grid_{name}") for name in AXES}
     flags.update(solver=args.solver, gtol=args.gtol, rtol=args.rtol, max_steps=args.max_steps,
                  init_scale=args.init_scale, hessian=args.hessian, census=args.census,
-                 analyze=True if args.analyze else None)
+                 analyze=True if args.analyze else None, low_rank_starts=args.low_rank_starts)
     grid = build_grid(file_values, flags)          # also checks the file's store/workers/export/… types
 
     def setting(name, default):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from .deep_metrics import deep_metrics_or_nan
-from .deep_theory import dnc_value, low_rank_search
+from .deep_theory import LowRankSearch, dnc_value, low_rank_search
 from .render import _num, sizes_text
 from .report import _fro_sq, _nc_or_nan, json_safe, run_fields, to_json
 
@@ -15,16 +15,18 @@ NO_CERTIFICATE = ("nothing certifies a global optimum at depth ≥ 2: the deep p
                   "(non-convex, docs/theory.md §12.2), so every value here is an upper bound realised by a point")
 
 
-def deep_theory_record(problem, objective=None, search: bool = True) -> dict:
+def deep_theory_record(problem, objective=None, search=True, dnc=None) -> dict:
     """``theory`` of a deep record: the DNC value (and the gap to ``objective``), the low-rank search of the K×K
-    reduction (deep linear only; ``search=False`` skips it), and the best upper bound ufm knows."""
-    v = dnc_value(problem)
+    reduction (deep linear only; ``search=False`` skips it; a :class:`~ufm.deep_theory.LowRankSearch` already run
+    for this problem is used as it is), and the best upper bound ufm knows. ``dnc``: :func:`dnc_value` of this
+    problem, when already computed (a sweep reuses it over seeds)."""
+    v = dnc_value(problem) if dnc is None else dnc
     rec = {"dnc_objective": v.objective, "dnc_scale": v.scale, "dnc_geometry": v.geometry, "dnc_b0": v.b0,
            "reason": v.reason, "certified": False, "note": NO_CERTIFICATE}
     finite = objective is not None and np.isfinite(objective)
     rec["gap"] = objective - v.objective if finite and v.objective is not None else None
     rec["rel_gap"] = rec["gap"] / max(abs(v.objective), np.finfo(float).tiny) if rec["gap"] is not None else None
-    ls = low_rank_search(problem) if search else None
+    ls = search if isinstance(search, LowRankSearch) else low_rank_search(problem) if search else None
     rec["low_rank"] = ls.record() if ls is not None else None
     candidates = [(v.objective, "dnc"), (ls.best_objective if ls else None, "low_rank_search"),
                   (objective if finite else None, "solution")]
@@ -36,8 +38,8 @@ def deep_theory_record(problem, objective=None, search: bool = True) -> dict:
     return rec
 
 
-def deep_record(sol, search: bool = True) -> dict:
-    """The result record of ``ufm solve --depth L --json``."""
+def deep_record(sol, search=True, dnc=None) -> dict:
+    """The result record of ``ufm solve --depth L --json`` (``search``, ``dnc``: as for :func:`deep_theory_record`)."""
     p = sol.problem
     Ws, H, b = sol.params
     record = {
@@ -49,7 +51,7 @@ def deep_record(sol, search: bool = True) -> dict:
         # the classifier layer's NC metrics, as for eq. (7): W = W_L and the features entering it
         "nc": _nc_or_nan(np.asarray(Ws[-1]), _last_features(p, sol.params), b, p),
         "deep_nc": deep_metrics_or_nan(p, sol.params),
-        "theory": deep_theory_record(p, sol.objective, search),
+        "theory": deep_theory_record(p, sol.objective, search, dnc),
         "config": {**p.config(), "solver": sol.solver, "gtol": sol.gtol, "rtol": sol.rtol, "seed": sol.seed,
                    "init_scale": sol.init_scale, "dtype": sol.dtype},
     }

@@ -38,11 +38,18 @@ AXES: dict[str, tuple[str, type, tuple]] = {
     "beta": ("--beta", float, (1.0,)),
     "bias": ("--bias", str, ("regularized",)),
     "seed": ("--seed", int, (0,)),
+    # the deep UFM (docs/theory.md §12): depth 1 is eq. (7), and its points are exactly those of a sweep without them
+    "depth": ("--depth", int, (1,)),
+    "activation": ("--activation", str, ("linear",)),
+    "widths": ("--widths", int, ()),
 }
+#: the axes that only a point of depth ≥ 2 carries (a depth-1 point is eq. (7): no activation, no hidden layer)
+DEEP_AXES = ("depth", "activation", "widths")
 LOSS_PARAMS = {"ce": (), "fl": ("gamma",), "ls": ("alpha",), "mse": ("kappa", "beta")}
 BIAS_CHOICES = ("regularized", "free", "none")
 #: TOML / Python spellings of the axes (flags use dashes and lower case)
-ALIASES = {"lam_w": "lam_W", "lam_h": "lam_H", "seeds": "seed", "losses": "loss"}
+ALIASES = {"lam_w": "lam_W", "lam_h": "lam_H", "seeds": "seed", "losses": "loss", "activations": "activation",
+           "width": "widths", "depths": "depth"}
 
 
 def _cast(flag, kind, token):
@@ -115,6 +122,10 @@ def parse_values(flag: str, spec: Any, kind: type) -> tuple:
     return values
 
 
+#: the most starts per inner width of the low-rank search: they all run at once in one batch (docs/theory.md §12.4)
+MAX_LOW_RANK_STARTS = 64
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepOptions:
     """What is computed at every point (part of each point's identity in the store)."""
@@ -127,6 +138,9 @@ class SweepOptions:
     census: int = 0
     hessian: str = "auto"
     rtol: float = 1e-6
+    #: starts per inner width of the deep linear low-rank search (docs/theory.md §12.4) at depth ≥ 2; 0 skips it.
+    #: Not part of a depth-1 point's key, nor of any key at its default (keys of stores from before depth resume)
+    low_rank_starts: int = 4
 
     def validate(self) -> None:
         """Check every option with the library's own validators (the CLI and ``run_sweep`` give the same errors)."""
@@ -145,6 +159,10 @@ class SweepOptions:
             raise UFMInputError("--census", self.census, "must be an integer ≥ 0 (0: no census)")
         if self.hessian not in HESSIAN_METHODS:
             raise UFMInputError("--hessian", self.hessian, f"use one of {', '.join(HESSIAN_METHODS)}")
+        if isinstance(self.low_rank_starts, bool) or not isinstance(self.low_rank_starts, int) \
+                or not 0 <= self.low_rank_starts <= MAX_LOW_RANK_STARTS:
+            raise UFMInputError("--low-rank-starts", self.low_rank_starts,
+                                f"must be an integer in [0, {MAX_LOW_RANK_STARTS}] (0: no low-rank search)")
 
     def hessian_for(self, num_params: int):
         """The Hessian path analysis takes at this size (None when nothing is analysed)."""
@@ -196,6 +214,7 @@ class Grid:
             if v not in BIAS_CHOICES:
                 raise UFMInputError("--bias", v, f"use one of {', '.join(BIAS_CHOICES)}")
         _check_imbalance(ax)
+        _check_depth_axes(ax, self.options)
         from .solvers import _validate_run_args
 
         o = self.options
@@ -208,9 +227,17 @@ class Grid:
     def _cover(self):
         """Points that between them hold every axis value and every loss with each of its parameter combinations
         (and, for a user loss, every K and n it is traced at): a Problem validates each input on its own, so these
-        find every bad value without building all the points."""
+        find every bad value without building all the points. With depths ≥ 2 the same cover is repeated at each
+        (depth, activation, width) pair, since a deep problem checks more (every λ > 0, the loss, the widths)."""
         ax = dict(self.axes)
+        deep = [{"depth": L, "activation": a, "widths": w} for L in ax.get("depth") or (1,) if L > 1
+                for a in ax.get("activation") or ("linear",) for w in ax.get("widths") or (None,)]
+        for at in [{}] + deep:
+            yield from self._cover_at(ax, at)
+
+    def _cover_at(self, ax, at: dict):
         first = {k: (ax.get(k) or (None,))[0] for k in _BASE_NAMES}
+        first.update(at)
         for loss in ax["loss"]:
             key = str(loss).lower() if str(loss).lower() in LOSS_PARAMS else loss
             params = LOSS_PARAMS.get(key, ())
@@ -221,6 +248,8 @@ class Grid:
         key = str(ax["loss"][0]).lower() if str(ax["loss"][0]).lower() in LOSS_PARAMS else ax["loss"][0]
         params = {p: ax[p][0] for p in LOSS_PARAMS.get(key, ())}
         for name in _BASE_NAMES:
+            if name in at:
+                continue
             for v in (ax.get(name) or (None,))[1:]:
                 yield _resolve(dict(first, **{name: v}), key, params)
 
@@ -243,9 +272,18 @@ class Grid:
 
             problem = Problem.create(K, d, n, bias=bias)
             check_fits(problem, solver=o.solver, max_steps=o.max_steps, hessian=o.hessian_for(problem.num_params))
+        L = max(ax.get("depth") or (1,))
+        if L > 1:
+            # the deep model's largest shape: the deepest stack at the widest hidden width and the largest K, d, n
+            from .deep import deep_problem
+
+            width = max(ax.get("widths") or (max(ax["d"]),))
+            problem = deep_problem(max(ax["K"]), max(ax["d"]), max(ax["n"]), depth=L, widths=width, bias=bias)
+            check_fits(problem, solver=o.solver, max_steps=o.max_steps)
 
 
-_BASE_NAMES = ("K", "d", "n", "minority", "ratio", "lam", "lam_W", "lam_H", "lam_b", "bias", "seed")
+_BASE_NAMES = ("K", "d", "n", "minority", "ratio", "lam", "lam_W", "lam_H", "lam_b", "bias", "seed", "depth",
+               "activation", "widths")
 
 
 def _resolve(base: dict, loss: str, extra: dict) -> dict:
@@ -259,6 +297,10 @@ def _resolve(base: dict, loss: str, extra: dict) -> dict:
              "lam_H": lam if base["lam_H"] is None else base["lam_H"],
              "lam_b": lam if base["lam_b"] is None else base["lam_b"],
              "bias": base["bias"], "seed": base["seed"]}
+    depth = base.get("depth") or 1
+    if depth > 1:
+        # only a deep point has them: a depth-1 point stays the dict (and the key) a sweep without depth gives
+        point.update(depth=depth, activation=base.get("activation") or "linear", widths=base.get("widths"))
     if point["bias"] == "free":
         point["lam_b"] = 0.0
     elif point["bias"] == "none":
@@ -297,9 +339,47 @@ def _check_imbalance(ax: dict) -> None:
         class_sizes({"K": K, "n": n, "minority": m, "ratio": R})
 
 
+def _check_depth_axes(ax: dict, options: "SweepOptions") -> None:
+    """--depth, --activation and --widths against each other, the losses and the options: every value is checked
+    here (a depth-1 point drops activation and widths, so building the points would not see them all)."""
+    from .deep import ACTIVATIONS, MAX_DEPTH
+
+    depths, acts, widths = ax.get("depth") or (1,), ax.get("activation") or ("linear",), ax.get("widths") or ()
+    for L in depths:
+        if not 1 <= L <= MAX_DEPTH:
+            raise UFMInputError("--depth", L, f"must be an integer in [1, {MAX_DEPTH}] (1: eq. (7))")
+    for a in acts:
+        if a not in ACTIVATIONS:
+            raise UFMInputError("--activation", a, f"use one of {', '.join(ACTIVATIONS)}")
+    for w in widths:
+        if w < 1:
+            raise UFMInputError("--widths", w, "hidden widths must be integers ≥ 1 (one value sets every hidden width)")
+    if max(depths) == 1:
+        for flag, name, given, default in (("--activation", "activation", acts, ("linear",)),
+                                           ("--widths", "widths", widths, ())):
+            if tuple(given) != default:
+                raise UFMInputError(flag, ",".join(map(str, given)), "applies only with --depth ≥ 2 (depth 1 is "
+                                    "eq. (7), which has no hidden layer); add depths ≥ 2 or drop it")
+        return
+    for loss in ax["loss"]:
+        if str(loss).lower() not in LOSS_PARAMS:
+            raise UFMInputError("--loss", loss, "depth ≥ 2 supports the built-in losses ce, fl, ls, mse")
+    if options.analyze or options.census:
+        raise UFMInputError("--analyze" if options.analyze else "--census", "with --depth ≥ 2",
+                            "the Hessian analysis of a sweep point is for depth 1 only; drop it or keep --depth 1")
+
+
 def problem_of(point: dict):
     from .problem import Problem
 
+    if (point.get("depth") or 1) > 1:
+        from .deep import deep_problem
+
+        return deep_problem(point["K"], point["d"], class_sizes(point), depth=point["depth"],
+                            activation=point["activation"], widths=point.get("widths"), lam_W=point["lam_W"],
+                            lam_H=point["lam_H"], lam_b=point["lam_b"] if point["bias"] != "none" else None,
+                            bias=point["bias"] != "none", loss=point["loss"], gamma=point["gamma"],
+                            alpha=point["alpha"], kappa=point["kappa"], beta=point["beta"])
     return Problem.create(point["K"], point["d"], class_sizes(point), lam_W=point["lam_W"], lam_H=point["lam_H"],
                           lam_b=point["lam_b"] if point["bias"] != "none" else None, bias=point["bias"] != "none",
                           loss=point["loss"], gamma=point["gamma"], alpha=point["alpha"], kappa=point["kappa"],
@@ -311,8 +391,18 @@ def point_key(point: dict, options: SweepOptions) -> str:
     if not point.get("minority"):
         # balanced: the key a store written before class sizes existed gave it, so such stores resume
         point = {k: v for k, v in point.items() if k not in ("minority", "ratio")}
-    blob = json.dumps({"point": point, "options": dataclasses.asdict(options)}, sort_keys=True)
+    deep = (point.get("depth") or 1) > 1
+    blob = json.dumps({"point": point, "options": options_key(options, deep)}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def options_key(options: SweepOptions, deep: bool = True) -> dict:
+    """The options as they enter a key: ``low_rank_starts`` only for a deep point and away from its default, so a
+    depth-1 point (and every point of a store written before depth existed) keeps its key."""
+    out = dataclasses.asdict(options)
+    if not deep or out["low_rank_starts"] == SweepOptions.low_rank_starts:
+        del out["low_rank_starts"]
+    return out
 
 
 def load_toml(path) -> dict:

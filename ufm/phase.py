@@ -10,7 +10,7 @@ import numpy as np
 from .errors import UFMInputError
 from .plot_style import CMAP, NEUTRAL, ROUNDOFF
 
-_STRING_INPUTS = ("loss", "bias", "solver")
+_STRING_INPUTS = ("loss", "bias", "solver", "activation")
 _LOG_COLORS = ("NC", "theory_rel_gap", "theory_gap", "grad_norm", "bias_residual", "bound_rel_gap")
 
 

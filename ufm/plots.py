@@ -19,6 +19,7 @@ from .render import sizes_text
 from .phase import (apply_where, cell_edges, check_phase_axes, parse_where, phase_axis_columns, phase_panels,  # noqa: F401
                     phase_table, plot_phase)
 from .plot_style import CMAP, COLORS, LINESTYLES, MARKERS, NEUTRAL, ROUNDOFF, class_style, series_style  # noqa: F401
+from .deep_plots import dnc_phase_table, layer_series, plot_dnc_phase, plot_layer_curves  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------------ loading

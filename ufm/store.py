@@ -38,7 +38,8 @@ from .errors import UFMInputError
 #: every column of a row, in order: inputs (the point, then every option that enters its key), then outputs (None
 #: where a part was not computed)
 INPUT_COLUMNS = ["K", "d", "n", "minority", "ratio", "loss", "gamma", "alpha", "kappa", "beta", "lam_W", "lam_H", "lam_b", "bias", "seed",
-                 "solver", "gtol", "rtol", "max_steps", "init_scale", "analyze", "census", "hessian"]
+                 "depth", "activation", "widths",
+                 "solver", "gtol", "rtol", "max_steps", "init_scale", "analyze", "census", "hessian", "low_rank_starts"]
 OUTPUT_COLUMNS = [
     "status", "converged", "objective", "grad_norm", "rel_grad_norm", "steps", "W_fro_sq", "H_fro_sq",
     "theory_applies", "theory_objective", "theory_gap", "theory_rel_gap", "theory_geometry",
@@ -47,6 +48,11 @@ OUTPUT_COLUMNS = [
     "classification", "min_eig", "min_eig_deflated", "max_eig", "n_negative", "n_zero", "expected_zero_modes",
     "eig_residual", "origin_classification", "origin_min_eig", "origin_min_eig_theory",
     "census_unique", "census_global", "census_saddles", "census_other", "census_escapes_global",
+    # depth ≥ 2 (docs/theory.md §12): the DNC value, the low-rank search, the best value found and its logit rank,
+    # and the per-layer metrics as JSON text (a list of {layer, width, DNC1, DNC2_ETF, DNC2_OF, DNC3, rank})
+    "dnc_objective", "dnc_geometry", "dnc_gap", "dnc_rel_gap", "low_rank_objective", "low_rank_rank",
+    "best_found", "best_found_from", "best_found_rel_gap", "best_found_rank", "dnc_optimal_so_far", "logit_rank",
+    "deep_layers", "W_fro_sq_layers",
     "error", "solve_time_s", "analyze_time_s", "census_time_s", "time_s",
 ]
 COLUMNS = INPUT_COLUMNS + OUTPUT_COLUMNS

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -36,7 +37,7 @@ import time
 from typing import Callable, Optional
 
 from .errors import UFMInputError
-from .grid import Grid, SweepOptions, point_key, problem_of
+from .grid import AXES, DEEP_AXES, Grid, SweepOptions, options_key, point_key, problem_of
 from .store import SweepStore, check_store
 
 EXECUTORS = ("local", "dask")
@@ -62,6 +63,7 @@ def _finite(v):
 
 
 def _options_columns(options: SweepOptions) -> dict:
+    # low_rank_starts: only a deep point's row has it (evaluate_point), as only its key does
     return dict(solver=options.solver, gtol=options.gtol, rtol=options.rtol, max_steps=options.max_steps,
                 init_scale=options.init_scale, analyze=options.analyze, census=options.census, hessian=options.hessian)
 
@@ -76,11 +78,19 @@ def evaluate_point(point: dict, options: SweepOptions, sol=None) -> dict:
 
     t0 = time.perf_counter()
     row = dict(point, **_options_columns(options))
+    deep = (point.get("depth") or 1) > 1
+    row["depth"] = point.get("depth") or 1
+    if deep:
+        row["low_rank_starts"] = options.low_rank_starts
     try:
         prob = problem_of(point) if sol is None else sol.problem
         if sol is None:
             sol = solve(prob, solver=options.solver, gtol=options.gtol, rtol=options.rtol, max_steps=options.max_steps,
                         seed=point["seed"], init_scale=options.init_scale)
+        if deep:
+            row.update(_deep_columns(prob, sol, options))
+            row["time_s"] = time.perf_counter() - t0
+            return {k: _finite(v) for k, v in row.items()}
         rec = solution_record(sol)
         th = rec["theory"]
         row.update(status=rec["status"], converged=rec["converged"], objective=rec["objective"],
@@ -122,6 +132,53 @@ def evaluate_point(point: dict, options: SweepOptions, sol=None) -> dict:
     return {k: _finite(v) for k, v in row.items()}
 
 
+@functools.lru_cache(maxsize=256)
+def _dnc_value(problem):
+    from .deep_theory import dnc_value
+
+    return dnc_value(problem)
+
+
+@functools.lru_cache(maxsize=256)
+def _low_rank_search(problem, starts: int):
+    # deterministic (its own seed 0): a sweep's seeds of one problem share it instead of repeating the search
+    from .deep_theory import low_rank_search
+
+    return low_rank_search(problem, starts=starts) if starts else None
+
+
+def _deep_columns(problem, sol, options: SweepOptions) -> dict:
+    """The row of a depth ≥ 2 point (docs/theory.md §12): the solve, the classifier layer's NC metrics, the DNC
+    value, the low-rank search (deep linear), the best value found and the logit rank of the point realising it."""
+    from .deep_report import deep_record
+
+    search = _low_rank_search(problem, options.low_rank_starts) if problem.activation == "linear" else None
+    rec = deep_record(sol, search=search if search is not None else False, dnc=_dnc_value(problem))
+    th, dn = rec["theory"], rec["deep_nc"]
+    ls = th["low_rank"]
+    f_dnc = th["dnc_objective"]
+    best, best_from, best_rank = rec["objective"], "solution", dn["logit_rank"]
+    if best is None or not math.isfinite(best):
+        best, best_from, best_rank = None, None, None
+    if ls is not None and (best is None or ls["best_objective"] < best - 1e-9 * max(1.0, abs(best))):
+        # the search's point is realised explicitly (deep_theory.balanced_factors): its rank is that of its A
+        best, best_from, best_rank = ls["best_objective"], "low_rank_search", ls["best_rank"]
+    rel = (best - f_dnc) / max(abs(f_dnc), 1e-300) if best is not None and f_dnc is not None else None
+    return dict(status=rec["status"], converged=rec["converged"], objective=rec["objective"],
+                grad_norm=rec["grad_norm"], rel_grad_norm=rec.get("rel_grad_norm"), steps=rec["steps"],
+                W_fro_sq=rec["W_fro_sq"][-1], H_fro_sq=rec["H_fro_sq"], solve_time_s=sol.wall_time,
+                W_fro_sq_layers=json.dumps(rec["W_fro_sq"]), upper_bound=th["best_upper_bound"], certified=False,
+                bound_method=th["best_upper_from"],
+                **{k: rec["nc"][k] for k in ("NC1", "NC2_W", "NC2_H", "NC2_W_uncentred", "NC2_H_uncentred", "NC3",
+                                             "NC4", "bias_residual")},
+                dnc_objective=f_dnc, dnc_geometry=th["dnc_geometry"], dnc_gap=th["gap"], dnc_rel_gap=th["rel_gap"],
+                low_rank_objective=None if ls is None else ls["best_objective"],
+                low_rank_rank=None if ls is None else ls["best_rank"], best_found=best, best_found_from=best_from,
+                best_found_rel_gap=rel, best_found_rank=best_rank,
+                dnc_optimal_so_far=None if rel is None else bool(rel >= -1e-9),
+                logit_rank=dn["logit_rank"], deep_layers=json.dumps(dn["layers"]))
+
+
 def error_row(point: dict, options: SweepOptions, message: str) -> dict:
     """The row of a point that could not be computed (stored so it can be found, and computed again next run)."""
     return dict(point, **_options_columns(options), status="error", converged=False, error=message)
@@ -140,7 +197,9 @@ def describe_point(p: dict) -> str:
     else:
         lam = f"λ_W={lw:g} λ_H={lh:g}" + (f" λ_b={lb:g}" if p["bias"] == "regularized" else f" bias={p['bias']}")
     n = p["n"] if not p.get("minority") else f"{p['n']} ({p['minority']} minority, R={p['ratio']:g})"
-    return f"K={p['K']} d={p['d']} n={n} {loss} {lam} seed={p['seed']}"
+    deep = "" if (p.get("depth") or 1) == 1 else (f" L={p['depth']} {p['activation']}"
+                                                 + (f" widths={p['widths']}" if p.get("widths") else ""))
+    return f"K={p['K']} d={p['d']} n={n}{deep} {loss} {lam} seed={p['seed']}"
 
 
 def _worker_init():
@@ -149,7 +208,8 @@ def _worker_init():
 
 def _shape_order(item):
     _, p = item
-    return (p["K"], p["d"], p["n"], p.get("minority") or 0, p.get("ratio") or 1.0, p["loss"], p["bias"] == "none")
+    return (p["K"], p["d"], p["n"], p.get("minority") or 0, p.get("ratio") or 1.0, p["loss"], p["bias"] == "none",
+            p.get("depth") or 1, p.get("activation") or "", p.get("widths") or 0)
 
 
 @dataclasses.dataclass
@@ -219,8 +279,11 @@ def _probe_address(address):
 
 
 def _grid_identity(grid: Grid) -> tuple[str, str]:
-    spec = json.dumps({"axes": [[k, list(v)] for k, v in grid.axes], "options": dataclasses.asdict(grid.options)},
-                      sort_keys=True)
+    # the deep axes at their defaults are left out, so a grid without depth keeps the identity it had before them
+    defaults = {name: AXES[name][2] for name in DEEP_AXES}
+    axes = [[k, list(v)] for k, v in grid.axes if not (k in defaults and tuple(v) == defaults[k])]
+    deep = max(dict(grid.axes).get("depth") or (1,)) > 1
+    spec = json.dumps({"axes": axes, "options": options_key(grid.options, deep)}, sort_keys=True)
     return hashlib.sha1(spec.encode()).hexdigest(), spec
 
 
@@ -394,6 +457,9 @@ def _run_batched(todo, options: SweepOptions, record) -> None:
                 prob = problem_of(p)
             except Exception:                       # evaluate_point turns it into the point's error row
                 record(i, evaluate_point(p, options))
+                continue
+            if (p.get("depth") or 1) > 1:           # ufm.batch vmaps eq. (7)'s solve only
+                record(i, evaluate_point(p, options, None))
                 continue
             by_shape.setdefault(prob.shape, []).append((i, p, prob))
         for items in by_shape.values():
