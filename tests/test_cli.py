@@ -23,10 +23,11 @@ def run_json(capsys, *args):
 ACCEPTANCE = [
     ["--loss", "ce", "--lam", "5e-3"],
     ["--loss", "ls", "--alpha", "0.1", "--lam", "5e-3"],
-    ["--loss", "ls", "--alpha", "0.3", "--lam", "5e-3"],
-    ["--loss", "fl", "--gamma", "1", "--lam", "5e-3"],
+    # each loss and bias mode once in the default run; the repeats of a loss at other parameters in the slow tier
+    pytest.param(["--loss", "ls", "--alpha", "0.3", "--lam", "5e-3"], marks=pytest.mark.slow),
+    pytest.param(["--loss", "fl", "--gamma", "1", "--lam", "5e-3"], marks=pytest.mark.slow),
     ["--loss", "fl", "--gamma", "2", "--lam", "5e-3"],
-    ["--loss", "fl", "--gamma", "3", "--lam", "5e-3"],
+    pytest.param(["--loss", "fl", "--gamma", "3", "--lam", "5e-3"], marks=pytest.mark.slow),
     ["--loss", "mse", "--kappa", "3", "--beta", "2", "--lam", "0.02", "--lam-b", "0"],
     ["--loss", "mse", "--kappa", "3", "--beta", "2", "--lam", "0.02", "--no-bias"],
     ["--loss", "ce", "--lam", "5e-3", "-d", "3"],                       # d = K − 1, the sharp case

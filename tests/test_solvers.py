@@ -124,7 +124,9 @@ def test_user_loss_of_wrong_shape():
         ufm.Problem.create(3, 3, 2, loss=lambda z, y: jnp.sum(z))
 
 
-@pytest.mark.parametrize("loss, kw", [("ce", {}), ("ls", dict(alpha=0.1)), ("fl", dict(gamma=2.0)),
+# CE and MSE in the default run, LS and FL (CE's close relatives here) in the slow tier (time)
+@pytest.mark.parametrize("loss, kw", [("ce", {}), pytest.param("ls", dict(alpha=0.1), marks=pytest.mark.slow),
+                                      pytest.param("fl", dict(gamma=2.0), marks=pytest.mark.slow),
                                       ("mse", dict(kappa=2.0, lam_b=0.0))])
 def test_default_reaches_1e_9_at_the_benchmark_size(loss, kw):
     # the contract: (K, d, n) = (10, 64, 100), λ = 5e-4, default solver, ‖∇f‖ ≤ 1e-9, at the theory optimum
