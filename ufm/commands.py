@@ -241,7 +241,8 @@ def cmd_landscape(args) -> int:
             sol = solve(problem, solver=opts["solver"], gtol=opts["gtol"], rtol=opts["rtol"], max_steps=opts["max_steps"],
                         seed=opts["seed"], init_scale=opts["init_scale"], dtype=opts["dtype"], lr=opts["lr"])
             report(1, 1, "solving")
-            rec["solve"] = {"status": sol.status.name.lower(), "steps": sol.steps, "grad_norm": sol.grad_norm}
+            rec["solve"] = {"status": sol.status.name.lower(), "steps": sol.steps, "grad_norm": sol.grad_norm,
+                            "wall_time_s": sol.wall_time, "work": sol.work}
             code = EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
             point, label = sol.params, "solution"
         else:
