@@ -34,13 +34,18 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1].strip()
 
 
-def timed(cmd: list[str]) -> dict:
-    """Run ``cmd`` under /usr/bin/time -v: its stdout, wall seconds, peak RSS (bytes), exit code, load before/after."""
+def timed(cmd: list[str], timeout=None) -> dict:
+    """Run ``cmd`` under /usr/bin/time -v: its stdout, wall seconds, peak RSS (bytes), exit code, load before/after
+    (exit code None: stopped at ``timeout`` seconds)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     load0 = uptime()
     with tempfile.NamedTemporaryFile("r", suffix=".txt") as tf:
         t0 = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-v", "-o", tf.name, *cmd], capture_output=True, text=True, env=env)
+        try:
+            proc = subprocess.run(["/usr/bin/time", "-v", "-o", tf.name, *cmd], capture_output=True, text=True,
+                                  env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"code": None, "wall_s": time.perf_counter() - t0, "load_before": load0, "load_after": uptime()}
         wall = time.perf_counter() - t0
         stats = tf.read()
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stats).group(1)) * 1024
@@ -84,8 +89,10 @@ print(json.dumps({"status": sol.status.name, "grad_norm": sol.grad_norm, "object
 """
 
 
-def solve_only(K_, d_, n_, lam, solver) -> dict:
-    r = timed([sys.executable, "-c", SOLVE_SCRIPT, json.dumps([K_, d_, n_, lam, solver])])
+def solve_only(K_, d_, n_, lam, solver, timeout=None) -> dict:
+    r = timed([sys.executable, "-c", SOLVE_SCRIPT, json.dumps([K_, d_, n_, lam, solver])], timeout)
+    if r["code"] is None:
+        return r
     if r["code"] != 0:
         raise SystemExit(f"solve {(K_, d_, n_, solver)} failed ({r['code']}): {r['stderr']}")
     return {**r, **json.loads(r["stdout"].strip().splitlines()[-1])}
@@ -104,7 +111,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000", help="n per class (K = d = 100), comma-separated")
     ap.add_argument("--forcing", default="", help="also run the solve alone with these Newton-CG forcing rules "
-                                                  "(sqrt, ew), at the first size")
+                                                  "(sqrt, ew), at --forcing-n")
+    ap.add_argument("--forcing-n", type=int, default=None, help="n of the forcing runs (default: the largest size)")
+    ap.add_argument("--big-timeout", type=float, default=1800, help="seconds the (1000, 512, 10) solve may take")
     ap.add_argument("--no-big", action="store_true", help="skip the (1000, 512, 10) solve")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/scale_cpu.md"))
     args = ap.parse_args(argv)
@@ -117,7 +126,7 @@ def main(argv=None) -> int:
     base = runtime_rss()
     lines += [f"Runtime alone (python, jax, ufm imported, one array): peak RSS {base / GIB:.2f} GiB.", ""]
     if args.forcing:
-        n = sizes[0]
+        n = args.forcing_n or max(sizes)
         lines += [f"## The solve alone, Newton-CG forcing rules side by side (n = {n})", "",
                   "| forcing | status | ‖∇f‖ | f | Newton steps | HVPs | value+grad | max CG/step | solve s | load before → after |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -146,14 +155,17 @@ def main(argv=None) -> int:
               f"eigensolve's vectors, whichever is larger, plus the runtime): n = {n16}, P = {p16:,}.", ""]
     if not args.no_big:
         Kb, db, nb = BIG
-        r = solve_only(Kb, db, nb, LAM, "auto")
-        w = r["work"]
-        lines += [f"## The float64 solve at (K, d, n) = {BIG}, λ = {LAM}", "",
-                  "| P | status | ‖∇f‖ | steps | HVPs | value+grad | solve s | wall s | peak RSS GiB | load before → after |",
-                  "|---|---|---|---|---|---|---|---|---|---|",
-                  f"| {Kb * db + db * Kb * nb + Kb:,} | {r['status']} | {r['grad_norm']:.1e} | {r['steps']} | {w['hvp']} | "
-                  f"{w['value_grad']} | {r['solve_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss'] / GIB:.2f} | "
-                  f"{r['load_before']} → {r['load_after']} |", ""]
+        r = solve_only(Kb, db, nb, LAM, "auto", args.big_timeout)
+        lines += [f"## The float64 solve at (K, d, n) = {BIG}, λ = {LAM}", ""]
+        if r["code"] is None:
+            lines += [f"Not finished within {args.big_timeout:.0f} s (load {r['load_before']} → {r['load_after']}).", ""]
+        else:
+            w = r["work"]
+            lines += ["| P | status | ‖∇f‖ | steps | HVPs | value+grad | solve s | wall s | peak RSS GiB | load before → after |",
+                      "|---|---|---|---|---|---|---|---|---|---|",
+                      f"| {Kb * db + db * Kb * nb + Kb:,} | {r['status']} | {r['grad_norm']:.1e} | {r['steps']} | "
+                      f"{w['hvp']} | {w['value_grad']} | {r['solve_s']:.1f} | {r['wall_s']:.1f} | "
+                      f"{r['peak_rss'] / GIB:.2f} | {r['load_before']} → {r['load_after']} |", ""]
         print(lines[-2], flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
