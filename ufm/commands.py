@@ -215,7 +215,8 @@ def cmd_landscape(args) -> int:
         scale = 0.1 if opts["init_scale"] is None else opts["init_scale"]
         _validate_run_args(opts["seed"], scale, opts["gtol"], opts["max_steps"], opts["dtype"], opts["rtol"])
         as_solver(opts["solver"], lr=opts["lr"])
-    method = check_hessian(problem, args.hessian, solver=opts.get("solver", ESCAPE_SOLVERS[0]))
+    method = check_hessian(problem, args.hessian, solver=opts.get("solver", ESCAPE_SOLVERS[0]),
+                           eigensolver=args.eigensolver, hessian_dtype=args.hessian_dtype)
     eigensolver = check_eigensolver(problem, method, args.eigensolver, args.hessian_dtype)
     curv = {"eigensolver": args.eigensolver, "hessian_dtype": args.hessian_dtype}
     report = _progress(args.verbose)
