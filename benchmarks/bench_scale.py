@@ -98,13 +98,25 @@ def solve_only(K_, d_, n_, lam, solver, timeout=None) -> dict:
     return {**r, **json.loads(r["stdout"].strip().splitlines()[-1])}
 
 
-def largest_fitting(budget: int) -> tuple[int, int]:
+def largest_fitting(budget: int, solver: str = "auto") -> tuple[int, int]:
     """The largest n (K = d = 100) whose modelled peak RSS fits in ``budget`` bytes, and its parameter count."""
     lo, hi = 1, 1 << 20
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if model(mid, solver="auto", hessian="lanczos", eigensolver="jax") <= budget else (lo, mid - 1)
+        fits = model(mid, solver=solver, hessian="lanczos", eigensolver="jax") <= budget
+        lo, hi = (mid, hi) if fits else (lo, mid - 1)
     return lo, K * D + D * K * lo + K
+
+
+def fit_lines() -> list[str]:
+    """The largest landscape that the memory model (resources.peak_rss) fits in 16 GB and in 16 GiB."""
+    out = ["| budget | solver counted | largest n | P | modelled peak GiB |", "|---|---|---|---|---|"]
+    for label, budget in (("16 GB", 16 * 10**9), ("16 GiB", 16 * GIB)):
+        for solver, what in (("auto", "auto (its L-BFGS fallback's 32 vectors)"), ("newton", "Newton-CG alone")):
+            n, P = largest_fitting(budget, solver)
+            out.append(f"| {label} | {what} | {n} | {P:,} | "
+                       f"{model(n, solver=solver, hessian='lanczos', eigensolver='jax') / GIB:.2f} |")
+    return out
 
 
 def main(argv=None) -> int:
@@ -116,7 +128,11 @@ def main(argv=None) -> int:
     ap.add_argument("--big-timeout", type=float, default=1800, help="seconds the (1000, 512, 10) solve may take")
     ap.add_argument("--no-big", action="store_true", help="skip the (1000, 512, 10) solve")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/scale_cpu.md"))
+    ap.add_argument("--fit-only", action="store_true", help="print the largest-fit table of the memory model only")
     args = ap.parse_args(argv)
+    if args.fit_only:
+        print("\n".join(fit_lines()))
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     lines = ["# `ufm landscape --at solution` at scale on this CPU", "",
              f"`python benchmarks/bench_scale.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
@@ -150,9 +166,8 @@ def main(argv=None) -> int:
                      f"{r['min_eig']:.2e} | {r['eig_residual']:.1e} | {r['peak_rss'] / GIB:.2f} | "
                      f"{r['model'] / GIB:.2f} | {r['load_before']} → {r['load_after']} |")
         print(lines[-1], flush=True)
-    n16, p16 = largest_fitting(16 * GIB)
-    lines += ["", f"Largest size whose modelled peak fits in 16 GiB (resources.peak_rss: the solve's or the "
-              f"eigensolve's vectors, whichever is larger, plus the runtime): n = {n16}, P = {p16:,}.", ""]
+    lines += ["", "The largest size whose modelled peak fits (resources.peak_rss: the solve's or the eigensolve's "
+              "vectors, whichever is larger, plus RUNTIME_BYTES):", "", *fit_lines(), ""]
     if not args.no_big:
         Kb, db, nb = BIG
         r = solve_only(Kb, db, nb, LAM, "auto", args.big_timeout)
