@@ -239,7 +239,7 @@ class NewtonStats(NamedTuple):
     eta: jax.Array
 
 
-#: Eisenstat–Walker "choice 2" (SIAM J. Sci. Comput. 17(1), 1996, eq. 2.6 with its safeguard): η_k = γ(‖g_k‖/‖g_{k−1}‖)^α,
+#: Eisenstat–Walker "choice 2" with its safeguard (SIAM J. Sci. Comput. 17(1), 1996): η_k = γ(‖g_k‖/‖g_{k−1}‖)^α,
 #: raised to γη_{k−1}^α when that is above 0.1, capped at ETA_MAX
 EW_GAMMA, EW_ALPHA, ETA_MAX = 0.9, 2.0, 0.5
 #: NewtonCG's forcing rules (how accurately CG solves each Newton system)
@@ -256,9 +256,9 @@ class NewtonCG:
     η follows the observed decrease of ‖∇f‖ (loose while far from a minimum, where an accurate Newton step is wasted
     on a model that does not hold; tight, hence quadratic, once ‖∇f‖ falls fast); the first step takes the ``"sqrt"``
     η. ``"sqrt"``: η = min(0.5, √‖∇f‖), the rule before (not scale-free: a small gradient asks for an accurate solve
-    from the first step). Measured by work counters (benchmarks/bench_scale.py, (K, d) = (100, 100), λ = 1e-4, CE):
-    "ew" took 223 Hessian-vector products where "sqrt" took 372 at 1.1·10⁵ parameters, 186 against 233 at 10⁶, to
-    the same point and f."""
+    from the first step). Counted with ``Solution.work`` at (K, d) = (100, 100), λ = 1e-4, CE: "ew" took 223
+    Hessian-vector products where "sqrt" took 372 at 1.1·10⁵ parameters, 186 against 233 at 10⁶ and 209 against 263
+    at 10⁷ (benchmarks/results/scale_cpu.md), to the same f."""
 
     cg_max: int = 250
     patience: int = 25
