@@ -23,7 +23,7 @@ def _counted_ce():
     return loss, calls
 
 
-@pytest.mark.parametrize("max_steps", [3, 200])
+@pytest.mark.parametrize("max_steps", [200])
 def test_the_work_counters_count_every_evaluation(max_steps):
     from ufm.secondorder import second_order_check
 
@@ -51,7 +51,7 @@ def test_lbfgs_evaluations_are_counted():
     assert sol.work["hvp"] == 0 and calls[0] == sol.work["value_grad"] >= sol.steps
 
 
-@pytest.mark.parametrize("loss, kw", [("ce", {}), ("mse", dict(kappa=2.0, lam_b=0.0))])
+@pytest.mark.parametrize("loss, kw", [("mse", dict(kappa=2.0, lam_b=0.0))])    # CE: the test below
 def test_both_forcing_rules_reach_the_same_point(loss, kw):
     prob = ufm.Problem.create(**SMALL, loss=loss, **kw)
     a, b = (ufm.solve(prob, solver=NewtonCG(forcing=rule)) for rule in ("sqrt", "ew"))
@@ -68,9 +68,10 @@ def test_eisenstat_walker_forcing_saves_hessian_products():
     # of ‖∇f‖, Eisenstat–Walker to what the observed decrease warrants
     prob = ufm.Problem.create(K=10, d=20, n=10, lam=1e-4)
     a, b = (ufm.solve(prob, solver=NewtonCG(forcing=rule)) for rule in ("sqrt", "ew"))
-    assert a.converged and b.converged
+    assert a.converged and b.converged and max(a.grad_norm, b.grad_norm) <= 1e-9
     assert b.work["hvp"] < 0.5 * a.work["hvp"]           # measured 65 against 243
     assert a.objective == pytest.approx(b.objective, rel=1e-14)
+    assert a.objective == pytest.approx(ufm.theory_optimum(prob).objective, rel=1e-12)
 
 
 def test_an_unknown_forcing_rule_is_refused():
@@ -100,6 +101,7 @@ def test_the_memory_model_takes_the_larger_phase():
     assert NK * 8 * 10 == jax_est.phases["solve"]["logits and their derivatives"]
 
 
+@pytest.mark.slow            # compiles the landscape analysis (~13 s under load)
 def test_landscape_json_reports_the_solve_work(capsys):
     from ufm.cli import main
 
