@@ -230,7 +230,8 @@ def cmd_landscape(args) -> int:
         scale = 0.1 if opts["init_scale"] is None else opts["init_scale"]
         _validate_run_args(opts["seed"], scale, opts["gtol"], opts["max_steps"], opts["dtype"], opts["rtol"])
         as_solver(opts["solver"], lr=opts["lr"])
-    method = check_hessian(problem, args.hessian, solver=opts.get("solver", ESCAPE_SOLVERS[0]))
+    method = check_hessian(problem, args.hessian, solver=opts.get("solver", ESCAPE_SOLVERS[0]),
+                           eigensolver=args.eigensolver, hessian_dtype=args.hessian_dtype)
     eigensolver = check_eigensolver(problem, method, args.eigensolver, args.hessian_dtype)
     curv = {"eigensolver": args.eigensolver, "hessian_dtype": args.hessian_dtype}
     report = _progress(args.verbose)
@@ -260,7 +261,8 @@ def cmd_landscape(args) -> int:
             sol = solve(problem, solver=opts["solver"], gtol=opts["gtol"], rtol=opts["rtol"], max_steps=opts["max_steps"],
                         seed=opts["seed"], init_scale=opts["init_scale"], dtype=opts["dtype"], lr=opts["lr"])
             report(1, 1, "solving")
-            rec["solve"] = {"status": sol.status.name.lower(), "steps": sol.steps, "grad_norm": sol.grad_norm}
+            rec["solve"] = {"status": sol.status.name.lower(), "steps": sol.steps, "grad_norm": sol.grad_norm,
+                            "wall_time_s": sol.wall_time, "work": sol.work}
             code = EXIT_OK if sol.converged else EXIT_NOT_CONVERGED
             point, label = sol.params, "solution"
         elif args.at == "dnc":

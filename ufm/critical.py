@@ -216,15 +216,18 @@ def _choose_method(problem: Problem, method: str) -> str:
     return method
 
 
-def check_hessian(problem: Problem, hessian: str = "auto", *, solver="auto") -> str:
+def check_hessian(problem: Problem, hessian: str = "auto", *, solver="auto", eigensolver: str = "auto",
+                  hessian_dtype: str = "float64") -> str:
     """Resolve ``auto`` and refuse, before any work, a Hessian method that cannot finish here: one whose memory
-    estimate (resources.py; with ``solver`` for the solves around it) exceeds what is available, or ``dense`` above
-    DENSE_HARD_MAX_PARAMS. Without it a dense Hessian at 10⁵ parameters aborts inside XLA (SIGABRT)."""
+    estimate (resources.py; with ``solver`` for the solves around it, ``eigensolver`` and ``hessian_dtype`` for the
+    matrix-free path's vectors) exceeds what is available, or ``dense`` above DENSE_HARD_MAX_PARAMS. Without it a
+    dense Hessian at 10⁵ parameters aborts inside XLA (SIGABRT)."""
     from .errors import UFMInputError
     from .resources import check_fits
 
     method = _choose_method(problem, hessian)
-    check_fits(problem, solver=solver, hessian=method, flag="--hessian")
+    check_fits(problem, solver=solver, hessian=method, flag="--hessian", eigensolver=eigensolver,
+               hessian_dtype=hessian_dtype)
     P = problem.num_params
     if method == "dense" and P > DENSE_HARD_MAX_PARAMS:
         raise UFMInputError("--hessian", "dense", f"K={problem.K} d={problem.d} n={problem.n} has {P:,} parameters; a "
@@ -445,7 +448,7 @@ def curvature_plan(problem, tolerances, hessian: str, eigensolver: str, hessian_
 
     if not isinstance(tolerances, Tolerances):
         raise UFMInputError("tolerances", tolerances, "pass a ufm.critical.Tolerances")
-    method = check_hessian(problem, hessian)
+    method = check_hessian(problem, hessian, eigensolver=eigensolver, hessian_dtype=hessian_dtype)
     solver = check_eigensolver(problem, method, eigensolver, hessian_dtype)
     dtype = hessian_dtype if method == "lanczos" else "float64"
     curvature = {"eigensolver": solver or "dense eigh", "dtype": dtype, "matvecs": None, "seconds": None,

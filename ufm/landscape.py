@@ -228,7 +228,8 @@ def census(problem: Problem, starts: int = 20, *, scales=CENSUS_SCALES, hessian:
         raise UFMInputError("--init-scale", init_scale if init_scale is not None else scales,
                             "must be finite numbers ≥ 0")
     as_solver(solver, lr=lr)
-    check_eigensolver(problem, check_hessian(problem, hessian, solver=solver), eigensolver, hessian_dtype)
+    check_eigensolver(problem, check_hessian(problem, hessian, solver=solver, eigensolver=eigensolver,
+                                             hessian_dtype=hessian_dtype), eigensolver, hessian_dtype)
     report = _stage_progress(progress)
     t0 = time.perf_counter()
     unique, xs, statuses = [], [], {}

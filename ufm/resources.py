@@ -26,7 +26,8 @@ _LOGIT_COPIES = 10
 #: P×P matrices alive on the dense Hessian path: ∇²f, its symmetrised copy, eigenvectors, eigh workspace, the
 #: orbit projector, its complement and the deflated product
 _DENSE_COPIES = 8
-#: Lanczos basis vectors ARPACK keeps (ncv ≤ 40 here) plus the HVP's temporaries
+#: Lanczos basis vectors ARPACK keeps (ncv ≤ 40 here) plus the HVP's temporaries (the JAX-native eigensolver's count
+#: is eigensolvers.vectors_kept)
 _LANCZOS_VECTORS = 48
 #: iterations per solver chunk (solvers.CHUNK_LENGTH): the device-side trace buffers are this long
 _CHUNK = 256
@@ -34,16 +35,23 @@ _CHUNK = 256
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """Estimated peak bytes of a run, by part."""
+    """Estimated peak bytes of a run, by part. ``parts`` are alive all run long; ``phases`` (name → its parts) run
+    one after the other (the solve, then the curvature analysis), so only the largest of them counts."""
 
     parts: dict
+    phases: dict = dataclasses.field(default_factory=dict)
 
     @property
     def total(self) -> int:
-        return int(sum(self.parts.values()))
+        return int(sum(self.parts.values()) + max((sum(p.values()) for p in self.phases.values()), default=0))
 
     def describe(self) -> str:
-        return ", ".join(f"{k} {human(v)}" for k, v in self.parts.items() if v)
+        common = [f"{k} {human(v)}" for k, v in self.parts.items() if v]
+        for name, parts in self.phases.items():
+            inner = ", ".join(f"{k} {human(v)}" for k, v in parts.items() if v)
+            if inner:
+                common.append(f"{name}: {inner}")
+        return "; ".join(common) if self.phases else ", ".join(common)
 
 
 def human(nbytes: float) -> str:
@@ -94,26 +102,60 @@ def _method_names(solver) -> list[str]:
 
 
 def estimate(problem, *, solver="auto", dtype: str = "float64", max_steps: int = 0, trace_every: int = 0,
-             hessian: str | None = None) -> Estimate:
-    """Peak memory of solving ``problem`` (and, with ``hessian`` = "dense" or "lanczos", analysing a point)."""
+             hessian: str | None = None, eigensolver: str | None = "auto", hessian_dtype: str = "float64") -> Estimate:
+    """Peak memory of solving ``problem`` (and, with ``hessian`` = "dense" or "lanczos", analysing a point after;
+    on the matrix-free path ``eigensolver`` (auto, jax, arpack) and ``hessian_dtype`` say which eigensolver's vectors
+    count). The solve and the analysis run one after the other: the larger of the two counts."""
     item = 4 if dtype == "float32" else 8
     P = problem.num_params
     NK = problem.N * problem.K
     vectors = max(_VECTORS[m] + (2 * _LBFGS_MEMORY if m == "lbfgs" else 0) for m in _method_names(solver))
     parts = {
-        "parameters and solver state": vectors * P * item,
-        "logits and their derivatives": _LOGIT_COPIES * NK * item,
         # f and ‖∇f‖ of every step are kept on the host (Solution.trace_objective/trace_grad_norm): a bound at max_steps
         "per-step f and ‖∇f‖ traces": 16 * max_steps,
         # one chunk's snapshot buffer on the device; the host keeps what is recorded and thins it past a quarter of
         # the memory available (solvers.solve), so max_steps does not enter
         "NC snapshots": (min(max_steps, _CHUNK) // trace_every + 1) * P * item if trace_every else 0,
     }
+    phases = {"solve": {"parameters and solver state": vectors * P * item,
+                        "logits and their derivatives": _LOGIT_COPIES * NK * item}}
     if hessian == "dense":
-        parts["dense Hessian"] = _DENSE_COPIES * P * P * 8
+        phases["analysis"] = {"dense Hessian": _DENSE_COPIES * P * P * 8}
     elif hessian == "lanczos":
-        parts["Lanczos vectors"] = _LANCZOS_VECTORS * P * 8
-    return Estimate(parts)
+        which = _eigensolver(P, eigensolver, hessian_dtype)
+        h_item = 4 if hessian_dtype == "float32" and which == "jax" else 8
+        if which == "jax":
+            from .eigensolvers import vectors_kept
+            kept = {"eigensolver vectors": vectors_kept(P) * P * h_item}
+        else:
+            kept = {"Lanczos vectors": _LANCZOS_VECTORS * P * 8}
+        # the solved point stays on the host (Solution.params) while the analysis runs
+        phases["analysis"] = {**kept, "solved point": P * 8, "logits and their derivatives": _LOGIT_COPIES * NK * h_item}
+    return Estimate(parts, phases)
+
+
+def _eigensolver(num_params: int, eigensolver: str | None, hessian_dtype: str) -> str:
+    """The eigensolver whose vectors count: ``auto`` resolved as the analysis resolves it; an unknown name (refused
+    later, by critical.check_eigensolver) or None counts ARPACK's, the larger."""
+    if eigensolver == "auto":
+        from .eigensolvers import choose_eigensolver
+        return choose_eigensolver(num_params, hessian_dtype)
+    return eigensolver if eigensolver in ("jax", "arpack") else "arpack"
+
+
+#: what a whole ``ufm`` process holds beside the counted parts: the interpreter with jax and ufm (0.18 GiB), XLA's
+#: compiled programs and the allocator's slack. Calibrated on `ufm landscape --at solution` (K = d = 100, CE,
+#: λ = 1e-4; benchmarks/results/scale_cpu.md): peak RSS 0.40 GiB at 3·10⁴ parameters, 0.88 GiB at 10⁶ where the
+#: counted parts (the larger phase) come to 0.32 GiB, 3.05 GiB at 10⁷ against 3.13 GiB counted; this is the largest of
+#: the three differences (0.56 GiB, raised to 600 MiB for the ±0.005 GiB of the two-decimal measurements), so
+#: ``estimate(...).total + RUNTIME_BYTES`` bounds all three (by 0.2, 0.02 and 0.7 GiB). Not part of ``estimate``,
+#: which counts what a run allocates and what check_fits compares with what is still available.
+RUNTIME_BYTES = 600 * 2**20
+
+
+def peak_rss(problem, **kwargs) -> int:
+    """The whole process's expected peak resident memory: the run's estimate plus the runtime's own."""
+    return estimate(problem, **kwargs).total + RUNTIME_BYTES
 
 
 def check_fits(problem, *, flag: str = "-K/-d/-n", have: int | None = None, **kwargs) -> Estimate:

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import NotConvergedError, UFMInputError
-from .methods import (LBFGS, MESSAGES, SOLVER_NAMES, Chain, FirstOrder, LevenbergMarquardt, NewtonCG, Status,
-                      _advance, _start, as_solver)
+from .methods import (LBFGS, MESSAGES, SOLVER_NAMES, Chain, FirstOrder, LevenbergMarquardt, NewtonCG, NewtonStats,
+                      Status, _advance, _start, as_solver)
 from .model import Params, flatten, unflatten
 from .problem import Problem, Reg
 
@@ -57,6 +57,10 @@ class Solution:
     second_order: Optional[dict] = None            # secondorder.second_order_check at a stationary end point
     trace_stride: int = 0                          # steps between kept snapshots: trace_every, doubled when thinned
     tolerance_source: str = "given"                # whether gtol/rtol were given or are the dtype's defaults
+    #: timing-free work counts: value-and-gradient evaluations (one per iterate, plus the line searches'), and for
+    #: the Newton-CG stages the
+    #: Hessian-vector products, Newton steps and the most CG iterations of one step
+    work: Optional[dict] = None
 
     @property
     def converged(self) -> bool:
@@ -191,6 +195,7 @@ def solve(problem: Problem = None, *, solver="auto", gtol: Optional[float] = Non
             x = jnp.asarray(flatten(to_np_params(init, problem, dtype), xp=np), dtype=dtype)
         reg = type(problem.reg)(*(jnp.asarray(v, dtype) for v in problem.reg))
         f_tr, g_tr, stage_steps, snaps, snap_steps = [], [], [], [], []
+        work = {"value_grad": 0, "hvp": 0, "newton_steps": 0, "cg_max": 0}     # Solution.work
         steps_left = max_steps
         for i, stage in enumerate(stages):
             final = stage_gtol[i] is None
@@ -238,6 +243,7 @@ def solve(problem: Problem = None, *, solver="auto", gtol: Optional[float] = Non
                 n_iter = int(np.clip(CHUNK_SECONDS * count / max(dt, 1e-6), 1, CHUNK_LENGTH))
             steps = int(carry.k)
             status = Status(status_code)
+            _count_work(work, stage, carry, steps)
             stage_steps.append(steps)
             steps_left -= steps
             x = carry.x
@@ -270,11 +276,27 @@ def solve(problem: Problem = None, *, solver="auto", gtol: Optional[float] = Non
         trace_steps=np.concatenate(snap_steps) if every else None,
         trace_params=np.concatenate(snaps).astype(np.float64) if every else None,
         rel_grad_norm=rel_grad_norm, rtol=float(rtol), second_order=second_order, trace_stride=stride,
-        tolerance_source=tolerance_source,
+        tolerance_source=tolerance_source, work=work,
     )
     if throw and not sol.converged:
         raise NotConvergedError(sol)
     return sol
+
+
+def _count_work(work: dict, stage, carry, steps: int) -> None:
+    """Add a finished stage's work to ``work`` (Solution.work)."""
+    add = lambda key, value: work.__setitem__(key, work[key] + value)
+    if isinstance(stage, LBFGS):
+        # optax's L-BFGS reuses its line search's last value and gradient at the next iterate: one evaluation at
+        # the start, then those of the line searches
+        add("value_grad", 1 + int(carry.state[1]))
+    else:
+        add("value_grad", steps + 1)      # one per iterate of the loop (the last one too)
+    if isinstance(carry.state, NewtonStats):
+        add("value_grad", int(carry.state.evals))          # the line searches'
+        add("hvp", int(carry.state.hvps))
+        add("newton_steps", int(carry.state.steps))
+        work["cg_max"] = max(work["cg_max"], int(carry.state.cg_max))
 
 
 def to_np_params(params: Params, problem: Problem, dtype="float64") -> Params:

@@ -1,0 +1,191 @@
+"""The whole `ufm landscape --at solution` at 10⁶–10⁷ parameters, one process per run: wall time, peak RSS, the
+solve's work counts and the eigensolve's residual, next to the memory model (ufm/resources.py); and the float64
+solve at (K, d, n) = (1000, 512, 10).
+
+    python benchmarks/bench_scale.py                      # 10⁷ landscape + the (1000, 512, 10) solve
+    python benchmarks/bench_scale.py --sizes 100,1000 --forcing sqrt,ew --no-big
+
+Each run is a subprocess under ``/usr/bin/time -v`` (whole-process wall time and maximum resident set size); the
+machine's load (``uptime``) is recorded before and after each run, since this CPU is shared. ``--forcing`` also runs
+the solve alone with each Newton-CG forcing rule, side by side in one process (the work counters do not depend on
+the load). Writes benchmarks/results/scale_cpu.md (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 2**30
+#: the sizes of issue 11: K = d = 100, λ = 1e-4, CE (the default loss); n = 1000 is 1.0·10⁷ parameters
+K, D, LAM = 100, 100, 1e-4
+BIG = (1000, 512, 10)
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1].strip()
+
+
+def timed(cmd: list[str], timeout=None) -> dict:
+    """Run ``cmd`` under /usr/bin/time -v: its stdout, wall seconds, peak RSS (bytes), exit code, load before/after
+    (exit code None: stopped at ``timeout`` seconds)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    load0 = uptime()
+    with tempfile.NamedTemporaryFile("r", suffix=".txt") as tf:
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(["/usr/bin/time", "-v", "-o", tf.name, *cmd], capture_output=True, text=True,
+                                  env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"code": None, "wall_s": time.perf_counter() - t0, "load_before": load0, "load_after": uptime()}
+        wall = time.perf_counter() - t0
+        stats = tf.read()
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stats).group(1)) * 1024
+    return {"stdout": proc.stdout, "stderr": proc.stderr[-2000:], "code": proc.returncode, "wall_s": wall,
+            "peak_rss": rss, "load_before": load0, "load_after": uptime()}
+
+
+def runtime_rss() -> int:
+    """Peak RSS of the interpreter with jax and ufm loaded and one array made (resources.RUNTIME_BYTES)."""
+    return timed([sys.executable, "-c", "import ufm, jax; jax.numpy.zeros(1).block_until_ready()"])["peak_rss"]
+
+
+def model(n: int, **kw) -> int:
+    sys.path.insert(0, str(ROOT))
+    import ufm
+    from ufm.resources import peak_rss
+    return peak_rss(ufm.Problem.create(K=K, d=D, n=n, lam=LAM), **kw)
+
+
+def landscape(n: int) -> dict:
+    r = timed([sys.executable, "-m", "ufm", "landscape", "-K", str(K), "-d", str(D), "-n", str(n), "--lam", str(LAM),
+               "--at", "solution", "--eigensolver", "jax", "--json"])
+    if r["code"] != 0:
+        raise SystemExit(f"landscape n={n} failed ({r['code']}): {r['stderr']}")
+    rec = json.loads(r["stdout"])
+    cp = rec["critical_points"][0]
+    return {**r, "P": K * D + D * K * n + K, "n": n, "solve": rec["solve"], "classification": cp["classification"],
+            "min_eig": cp["min_eig"], "eig_residual": cp["eig_residual"],
+            "model": model(n, solver="auto", hessian="lanczos", eigensolver="jax")}
+
+
+SOLVE_SCRIPT = """
+import json, sys, time, ufm
+from ufm.methods import NewtonCG
+K, d, n, lam, solver = json.loads(sys.argv[1])
+prob = ufm.Problem.create(K=K, d=d, n=n, lam=lam)
+t = time.perf_counter()
+sol = ufm.solve(prob, solver=NewtonCG(forcing=solver) if solver in ("ew", "sqrt") else solver)
+print(json.dumps({"status": sol.status.name, "grad_norm": sol.grad_norm, "objective": sol.objective,
+                  "steps": sol.steps, "work": sol.work, "solve_s": time.perf_counter() - t}))
+"""
+
+
+def solve_only(K_, d_, n_, lam, solver, timeout=None) -> dict:
+    r = timed([sys.executable, "-c", SOLVE_SCRIPT, json.dumps([K_, d_, n_, lam, solver])], timeout)
+    if r["code"] is None:
+        return r
+    if r["code"] != 0:
+        raise SystemExit(f"solve {(K_, d_, n_, solver)} failed ({r['code']}): {r['stderr']}")
+    return {**r, **json.loads(r["stdout"].strip().splitlines()[-1])}
+
+
+def largest_fitting(budget: int, solver: str = "auto") -> tuple[int, int]:
+    """The largest n (K = d = 100) whose modelled peak RSS fits in ``budget`` bytes, and its parameter count."""
+    lo, hi = 1, 1 << 20
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        fits = model(mid, solver=solver, hessian="lanczos", eigensolver="jax") <= budget
+        lo, hi = (mid, hi) if fits else (lo, mid - 1)
+    return lo, K * D + D * K * lo + K
+
+
+def fit_lines() -> list[str]:
+    """The largest landscape that the memory model (resources.peak_rss) fits in 16 GB and in 16 GiB."""
+    out = ["| budget | solver counted | largest n | P | modelled peak GiB |", "|---|---|---|---|---|"]
+    for label, budget in (("16 GB", 16 * 10**9), ("16 GiB", 16 * GIB)):
+        for solver, what in (("auto", "auto (its L-BFGS fallback's 32 vectors)"), ("newton", "Newton-CG alone")):
+            n, P = largest_fitting(budget, solver)
+            out.append(f"| {label} | {what} | {n} | {P:,} | "
+                       f"{model(n, solver=solver, hessian='lanczos', eigensolver='jax') / GIB:.2f} |")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000", help="n per class (K = d = 100), comma-separated")
+    ap.add_argument("--forcing", default="", help="also run the solve alone with these Newton-CG forcing rules "
+                                                  "(sqrt, ew), at --forcing-n")
+    ap.add_argument("--forcing-n", type=int, default=None, help="n of the forcing runs (default: the largest size)")
+    ap.add_argument("--big-timeout", type=float, default=1800, help="seconds the (1000, 512, 10) solve may take")
+    ap.add_argument("--no-big", action="store_true", help="skip the (1000, 512, 10) solve")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/scale_cpu.md"))
+    ap.add_argument("--fit-only", action="store_true", help="print the largest-fit table of the memory model only")
+    args = ap.parse_args(argv)
+    if args.fit_only:
+        print("\n".join(fit_lines()))
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",")]
+    lines = ["# `ufm landscape --at solution` at scale on this CPU", "",
+             f"`python benchmarks/bench_scale.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
+             f"({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, shared: the load averages are beside each "
+             "run). K = d = 100, λ = 1e-4, CE, default solver (auto) and `--eigensolver jax`; one process per run under "
+             "`/usr/bin/time -v` (wall time and peak RSS of the whole process, start-up and compilation included).", ""]
+    base = runtime_rss()
+    lines += [f"Runtime alone (python, jax, ufm imported, one array): peak RSS {base / GIB:.2f} GiB.", ""]
+    if args.forcing:
+        n = args.forcing_n or max(sizes)
+        lines += [f"## The solve alone, Newton-CG forcing rules side by side (n = {n})", "",
+                  "| forcing | status | ‖∇f‖ | f | Newton steps | HVPs | value+grad | max CG/step | solve s | load before → after |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for rule in args.forcing.split(","):
+            r = solve_only(K, D, n, LAM, rule)
+            w = r["work"]
+            lines.append(f"| {rule} | {r['status']} | {r['grad_norm']:.1e} | {r['objective']:.15g} | "
+                         f"{w['newton_steps']} | {w['hvp']} | {w['value_grad']} | {w['cg_max']} | {r['solve_s']:.1f} | "
+                         f"{r['load_before']} → {r['load_after']} |")
+            print(lines[-1], flush=True)
+        lines.append("")
+    lines += ["## The whole landscape", "",
+              "| P | wall s | of which solve s | solve status, steps | ‖∇f‖ | HVPs | value+grad | class | λ_min | "
+              "eig residual | peak RSS GiB | model GiB (resources.peak_rss) | load before → after |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in sizes:
+        r = landscape(n)
+        s, w = r["solve"], r["solve"]["work"]
+        lines.append(f"| {r['P']:,} | {r['wall_s']:.1f} | {s['wall_time_s']:.1f} | {s['status']}, {s['steps']} | "
+                     f"{s['grad_norm']:.1e} | {w['hvp']} | {w['value_grad']} | {r['classification']} | "
+                     f"{r['min_eig']:.2e} | {r['eig_residual']:.1e} | {r['peak_rss'] / GIB:.2f} | "
+                     f"{r['model'] / GIB:.2f} | {r['load_before']} → {r['load_after']} |")
+        print(lines[-1], flush=True)
+    lines += ["", "The largest size whose modelled peak fits (resources.peak_rss: the solve's or the eigensolve's "
+              "vectors, whichever is larger, plus RUNTIME_BYTES):", "", *fit_lines(), ""]
+    if not args.no_big:
+        Kb, db, nb = BIG
+        r = solve_only(Kb, db, nb, LAM, "auto", args.big_timeout)
+        lines += [f"## The float64 solve at (K, d, n) = {BIG}, λ = {LAM}", ""]
+        if r["code"] is None:
+            lines += [f"Not finished within {args.big_timeout:.0f} s (load {r['load_before']} → {r['load_after']}).", ""]
+        else:
+            w = r["work"]
+            lines += ["| P | status | ‖∇f‖ | steps | HVPs | value+grad | solve s | wall s | peak RSS GiB | load before → after |",
+                      "|---|---|---|---|---|---|---|---|---|---|",
+                      f"| {Kb * db + db * Kb * nb + Kb:,} | {r['status']} | {r['grad_norm']:.1e} | {r['steps']} | "
+                      f"{w['hvp']} | {w['value_grad']} | {r['solve_s']:.1f} | {r['wall_s']:.1f} | "
+                      f"{r['peak_rss'] / GIB:.2f} | {r['load_before']} → {r['load_after']} |", ""]
+        print(lines[-2], flush=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
