@@ -50,7 +50,8 @@ def test_objective_with_class_sizes_matches_numpy(rng):
     assert got == pytest.approx(want, rel=1e-14)          # float64 summation order only
 
 
-@pytest.mark.parametrize("loss, counts", [("ce", (5, 5, 1)), ("ls", (2, 7, 3, 1)), ("fl", (4, 1, 1))])
+@pytest.mark.parametrize("loss, counts", [("ce", (5, 5, 1)), pytest.param("ls", (2, 7, 3, 1), marks=pytest.mark.slow),
+                                          pytest.param("fl", (4, 1, 1), marks=pytest.mark.slow)])
 def test_origin_curvature_with_class_sizes_matches_the_dense_hessian(loss, counts):
     # below the threshold, so the origin is a strict saddle and λ_min is the (W, H) block's
     p = ufm.Problem.create(len(counts), 3, counts, lam=1e-3, loss=loss)

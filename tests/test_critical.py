@@ -19,8 +19,9 @@ from ufm.theory import phi_prime0
 SMALL = dict(K=4, d=6, n=5, lam=5e-3)
 
 
-# every loss once in the default run; the other bias modes of CE and MSE in the slow tier (time)
-@pytest.mark.parametrize("kw", [dict(loss="ce"), dict(loss="ls", alpha=0.1), dict(loss="fl", gamma=2.0),
+# CE and MSE in the default run (the two certificate families); LS, FL and the other bias modes in the slow tier (time)
+@pytest.mark.parametrize("kw", [dict(loss="ce"), pytest.param(dict(loss="ls", alpha=0.1), marks=pytest.mark.slow),
+                                pytest.param(dict(loss="fl", gamma=2.0), marks=pytest.mark.slow),
                                 pytest.param(dict(loss="ce", lam_b=0.0), marks=pytest.mark.slow),
                                 dict(loss="mse", kappa=2.0, lam_b=0.0),
                                 pytest.param(dict(loss="mse", kappa=2.0, bias=False), marks=pytest.mark.slow)])
@@ -44,7 +45,10 @@ def test_solution_is_global_minimizer_by_both_methods(kw):
         np.testing.assert_allclose(dense.certificate["singular_values_grad_Z"][:3], np.sqrt(5e-3 * 5e-3), rtol=1e-6)
 
 
-@pytest.mark.parametrize("loss, kw", [("ce", {}), ("ls", dict(alpha=0.2)), ("fl", dict(gamma=1.0)), ("fl", dict(gamma=3.0))])
+# CE and FL (γ = 3: the far end) on both sides of the threshold in the default run; LS and FL γ = 1 in the slow tier
+@pytest.mark.parametrize("loss, kw", [("ce", {}), pytest.param("ls", dict(alpha=0.2), marks=pytest.mark.slow),
+                                      pytest.param("fl", dict(gamma=1.0), marks=pytest.mark.slow),
+                                      ("fl", dict(gamma=3.0))])
 @pytest.mark.parametrize("side", [0.8, 1.25])
 def test_origin_eigenvalue_and_class_flip(loss, kw, side):
     # docs/theory.md §5.4: λ_min = λ − φ′(0)/√n at λ_W = λ_H = λ, a strict saddle iff √(nλ²) = nλ/√n... < φ′(0)
@@ -263,6 +267,7 @@ def stalling_saddle():
     return prob, cp
 
 
+@pytest.mark.slow   # its fixture builds a stalling saddle and the escape runs three solvers: ~20 s
 def test_escape_keeps_going_when_the_descent_run_stalls(stalling_saddle):
     prob, cp = stalling_saddle
     e = escape(prob, cp)

@@ -195,6 +195,7 @@ def _interrupt(tmp_path, workers, to_group):
     assert not os.path.exists(f"{store}-wal") or os.path.getsize(f"{store}-wal") == 0
 
 
-@pytest.mark.parametrize("workers, to_group", [(1, False), (2, True)])
+# one worker in the default run; two workers with the signal sent to the whole group in the slow tier (time)
+@pytest.mark.parametrize("workers, to_group", [(1, False), pytest.param(2, True, marks=pytest.mark.slow)])
 def test_ctrl_c_exits_130_with_the_rows_kept(tmp_path, workers, to_group):
     _interrupt(tmp_path, workers, to_group)
