@@ -168,8 +168,9 @@ def _number_list(flag, value, cast, ok, allowed):
     """A comma list, one number or a sequence → a tuple of ``cast`` numbers each passing ``ok``; else one-line
     UFMInputError naming ``flag``."""
     # the message shows what was given, as it was typed (a comma list), never a Python list or tuple
-    shown = value if isinstance(value, str) else ",".join(map(str, np.atleast_1d(value).tolist())) \
-        if isinstance(value, (list, tuple, np.ndarray, int, float, np.integer, np.floating)) else value
+    shown = value
+    if isinstance(value, (list, tuple, np.ndarray, int, float, np.integer, np.floating)):
+        shown = ",".join(map(str, np.atleast_1d(value).tolist()))
     if isinstance(value, str):
         value = value.split(",")
     elif isinstance(value, (int, float, np.integer, np.floating)):
