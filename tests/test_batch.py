@@ -33,6 +33,7 @@ def test_batch_equals_lone_solves(loss, bias):
         assert len(sb.trace_objective) == sb.steps + 1 == len(lone.trace_objective) - lone.steps + sb.steps
 
 
+@pytest.mark.slow   # time (5 s); batch-equals-lone-solves stays in the default run
 def test_batch_stops_each_point_on_its_own():
     # one point cannot converge in 3 steps, one blows up: each keeps its own status while the others finish
     problems = [ufm.Problem.create(K=3, d=4, n=3, lam=lam) for lam in (5e-3, 5e-3)]

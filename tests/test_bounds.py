@@ -86,6 +86,7 @@ def test_a_spurious_focal_loss_minimum_is_named():
     assert cp.bounds["lower"] == pytest.approx(4.02257915, rel=1e-8)
 
 
+@pytest.mark.slow   # time (7 s); the imbalanced certificate stays in the default run
 def test_an_imbalanced_optimum_is_a_global_minimizer_by_its_hessian():
     p = ufm.Problem.create(3, 4, (5, 2, 1), lam=1e-2, loss="ls")
     sol = ufm.solve(p)

@@ -45,6 +45,7 @@ def test_nonfinite_status_from_user_loss():
     assert sol.status == Status.NONFINITE
 
 
+@pytest.mark.slow   # time (6 s); tests/test_float32.py keeps float32 statuses in the default run
 def test_stalled_status_in_float32():
     # float32 cannot reach ‖∇f‖ ≤ 1e-12 (docs/theory.md §9: it floors near 1e-7); the solve says so instead of looping
     sol = ufm.solve(ufm.Problem.create(**SMALL), dtype="float32", gtol=1e-12, solver="lbfgs")

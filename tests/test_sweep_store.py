@@ -210,6 +210,7 @@ def test_rtol_reaches_solve_and_rel_grad_norm_is_stored(tmp_path, monkeypatch):
     assert row["rtol"] == 3e-7 and row["rel_grad_norm"] == 0.25
 
 
+@pytest.mark.slow   # time (5 s)
 def test_verbose_logs_each_point_without_a_terminal(tmp_path, capsys):
     db = tmp_path / "v.db"
     assert main(["sweep", "-K", "3", "-d", "2,3", "-n", "2", "--lam", "0.01", "--loss", "ce,fl", "--store", str(db),
