@@ -1,6 +1,8 @@
-"""End-to-end wall time of `ufm` commands: cold (empty compilation cache), warm (the cache the cold run filled) and
-with the cache off (UFM_NO_CACHE=1), side by side in one run, plus `ufm --help` (which must not import JAX), against
-the baseline of scipy's L-BFGS-B on a hand-written numpy objective (bench_solvers.py) at (K, d, n) = (10, 64, 100).
+"""End-to-end wall time of `ufm` commands: cold (empty caches), warm (the compiled programs and executables the cold
+run stored, ufm/cache.py and ufm/aot.py) and with the caches off (UFM_NO_CACHE=1), side by side in one run, plus
+`ufm --help` (which must not import JAX) and the floor of any JAX process (interpreter, `import jax`, one operation),
+against the baseline of scipy's L-BFGS-B on a hand-written numpy objective (bench_solvers.py) at (K, d, n) =
+(10, 64, 100).
 
     python benchmarks/bench_startup.py [--repeats 3]
 
@@ -45,6 +47,7 @@ def main():
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
     print(f"end-to-end seconds, median of {args.repeats} fresh processes; {os.cpu_count()} cores\n")
     print(f"{'command':44}{'cold':>8}{'warm':>8}{'no cache':>10}{'cold/warm':>11}")
+    warm_of = {}
     for name, argv in COMMANDS.items():
         cold, warm, off = [], [], []
         for _ in range(args.repeats):
@@ -55,6 +58,7 @@ def main():
             off.append(_time(argv, dict(env, UFM_NO_CACHE="1")))
             shutil.rmtree(folder, ignore_errors=True)
         c, w, o = (statistics.median(v) for v in (cold, warm, off))
+        warm_of[name] = w
         print(f"{name:44}{c:8.2f}{w:8.2f}{o:10.2f}{c / w:10.1f}×")
     helps = [_time(["--help"], base) for _ in range(args.repeats)]
     print(f"\nufm --help: {statistics.median(helps):.2f} s")
@@ -73,7 +77,19 @@ def main():
         sp_solve.append(float(r.stdout.split()[-1]))
     proc = statistics.median(sp_proc)
     print(f"scipy L-BFGS-B, numpy f and ∇f, fresh process: {proc:.2f} s (its solve alone {statistics.median(sp_solve):.2f} s)")
+    # the floor of any fresh process that uses JAX: the interpreter, `import jax` and one executed operation
+    floor = statistics.median(_time_python("import jax, jax.numpy as jnp; jnp.zeros(1).block_until_ready()", base)
+                              for _ in range(args.repeats))
+    print(f"python + import jax + one operation: {floor:.2f} s = {floor / proc:.2f}× scipy's process")
+    for name in ("ufm solve (defaults: K=10 d=64 n=100)", "ufm solve --no-bounds"):
+        print(f"warm {name}: {warm_of[name] / proc:.2f}× scipy's process")
     _in_process(args.repeats, statistics.median(sp_solve), proc)
+
+
+def _time_python(code, env) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=env)
+    return time.perf_counter() - t0
 
 
 def _in_process(repeats, scipy_solve, scipy_process):

@@ -168,7 +168,9 @@ def test_help_and_version_are_fast():
 
 def landscape_json(capsys, *args):
     code = main(["landscape", *args, "--json"])
-    return code, json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    assert out.out.strip(), f"exit {code}, no record; stderr: {out.err[-2000:]}"
+    return code, json.loads(out.out)
 
 
 def test_landscape_solution_json_schema(capsys):

@@ -9,6 +9,9 @@ safely. JAX's size-bounded (LRU) mode is NOT used: its access-time bookkeeping r
 so the folder grows with the shapes you run (a few hundred KB a command); delete it whenever you like. A failed cache
 read or write only means compiling again, so JAX's warnings about it are silenced: stderr stays for ufm's own lines.
 
+Beside it, in ``executables/``, whole compiled executables (:mod:`ufm.aot`): JAX's cache spares a warm process the
+compiling, that store the tracing and lowering too. ``UFM_NO_CACHE`` turns both off.
+
 Library users keep control: nothing here runs on ``import ufm``; call :func:`enable` to opt in.
 """
 
@@ -53,8 +56,11 @@ def enable(path: Optional[str] = None) -> Optional[str]:
     global _listening
     import jax
 
+    from . import aot
+
     if disabled_by_env():
         jax.config.update("jax_enable_compilation_cache", False)
+        aot.disable()
         return None
     path = path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("UFM_CACHE_DIR") or default_dir()
     try:
@@ -71,6 +77,8 @@ def enable(path: Optional[str] = None) -> Optional[str]:
     # spawned sweep workers start a fresh JAX: they read these at import
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(MIN_COMPILE_SECONDS))
+    # whole executables beside it (ufm.aot): a warm process then skips tracing and lowering as well
+    aot.enable(os.path.join(path, "executables"))
     if not _listening:
         from jax import monitoring
 
@@ -82,4 +90,7 @@ def enable(path: Optional[str] = None) -> Optional[str]:
 def disable() -> None:
     import jax
 
+    from . import aot
+
     jax.config.update("jax_enable_compilation_cache", False)
+    aot.disable()

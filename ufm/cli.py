@@ -301,14 +301,6 @@ def add_analyze_parser(sub) -> None:
     ap.set_defaults(func=cmd_analyze)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Python next runs: every clean-up path for Ctrl-C runs for it too."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def main(argv=None) -> int:
     """Run one command; return its exit status. Every failure ends as one line on stderr, never a traceback
     (``UFM_DEBUG=1`` re-raises unexpected errors for a bug report): 2 bad input (checked before any work), 3 not
@@ -327,12 +319,12 @@ def main(argv=None) -> int:
     from .errors import UFMInputError
 
     prefix = f"ufm {args.command}: error:"
-    import signal
+    from . import signals
 
     # a batch scheduler's SIGTERM is handled like Ctrl-C: the same clean stop (a sweep stores what it finished and
-    # says so), instead of dying mid-write
+    # says so), instead of dying mid-write; both are recorded as well as raised, so none is lost (signals.py)
     try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        previous = signals.install()
     except ValueError:                      # not the main thread (embedded use): leave signals alone
         previous = None
     try:
@@ -347,7 +339,7 @@ def main(argv=None) -> int:
         sys.stderr.write(f"{prefix} {exc}\n")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as exc:
-        sys.stderr.write(f"ufm {args.command}: {'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}\n")
+        sys.stderr.write(f"ufm {args.command}: {'terminated (SIGTERM)' if isinstance(exc, signals.Terminated) else 'interrupted'}\n")
         return 130
     except BrokenPipeError:
         # the reader (`| head`) closed the pipe: stop quietly as Unix tools do, and keep Python's exit-time flush of
@@ -372,7 +364,7 @@ def main(argv=None) -> int:
         return 1
     finally:
         if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            signals.restore(previous)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import aot
 from .eigensolvers import EIGENSOLVERS, HESSIAN_DTYPES, DeviceCurvature, choose_eigensolver, residual_tolerance
 from .hessian import DENSE_MAX_PARAMS, MatrixFree, NonFiniteCurvature, dense_hessian, value_and_grad
 from .losses import CrossEntropy, LabelSmoothing, RescaledMSE
 from .model import Params, data_term, flatten, unflatten
 from .problem import Problem
-from .symmetry import RANK_ATOL, RANK_RTOL, orbit_tangent, project
+from .symmetry import RANK_ATOL, RANK_RTOL, orbit_tangent, project, projector_matrix
 from .theory import phi_prime0, theory_optimum
 
 CLASSES = ("global_minimizer", "spurious_local_minimizer", "local_minimizer", "strict_saddle", "degenerate",
@@ -127,7 +128,7 @@ class CriticalPoint:
         return {k: getattr(self, k) for k in keys}
 
 
-@functools.partial(jax.jit, static_argnames="shape")
+@aot.jit(static_argnames="shape")
 def _grad_Z_compiled(Z, b, shape):
     K = Z.shape[0]
 
@@ -146,8 +147,9 @@ def _data_grad_Z(problem: Problem, W, H, b):
     # float64 whoever calls: a float32 G (JAX's default outside an x64 scope; TF32 matmuls on a GPU) is off by 1e-7 to
     # 1e-3 relative, more than the margin by which σ_max(G) is compared with √(λ_Wλ_H) at an optimum
     with jax.enable_x64(True):
-        Z = jnp.asarray(np.asarray(W, np.float64) @ np.asarray(H, np.float64))
-        bb = None if b is None else jnp.asarray(np.asarray(b, np.float64))
+        # numpy arguments: jnp.asarray would compile a tiny transfer program in every fresh process
+        Z = np.asarray(W, np.float64) @ np.asarray(H, np.float64)
+        bb = None if b is None else np.asarray(b, np.float64)
         return np.asarray(_grad_Z_compiled(Z, bb, problem.shape))
 
 
@@ -376,8 +378,8 @@ def measure_spectrum(problem, mf: MatrixFree, x, tangent, method: str, solver, d
                 theta, vecs = np.linalg.eigh(Hd)
                 hess_norm = float(np.max(np.abs(theta)))
                 ztol = tolerances.zero(hess_norm, gnorm)
-                basis = jax.vmap(lambda e: project(tangent, mf.x, e, problem.shape))(jnp.eye(x.size))
-                Pm = np.asarray(basis).T
+                Pm = np.asarray(projector_matrix(mf.x, tangent.U, tangent.weights, bool(tangent.free_shift),
+                                                 problem.shape))
                 Q = np.eye(x.size) - Pm
                 theta_perp = np.linalg.eigvalsh(Q @ Hd @ Q + (hess_norm + 1.0) * Pm)
                 min_eig, max_eig, vmin = float(theta[0]), float(theta[-1]), vecs[:, 0]

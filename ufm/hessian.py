@@ -13,13 +13,13 @@ products, the dense Hessian, and matrix-free extreme eigenpairs.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import aot
 from .model import flat_objective
 from .problem import Problem, Reg, Shape
 from .symmetry import OrbitTangent, project
@@ -35,24 +35,25 @@ def objective_of(shape):
 
 
 def reg_of(problem, dtype=jnp.float64):
-    """``problem.reg`` (Reg, or the deep DeepReg) with every λ as a ``dtype`` array: traced, not compiled in."""
+    """``problem.reg`` (Reg, or the deep DeepReg) with every λ as a ``dtype`` array: traced, not compiled in (numpy
+    scalars: jnp.asarray would compile a small conversion program in every fresh process)."""
     reg = problem.reg
-    return type(reg)(*(jnp.asarray(v, dtype) for v in reg))
+    return type(reg)(*(np.asarray(v, dtype) for v in reg))
 
 
-@functools.partial(jax.jit, static_argnames=("shape",))
+@aot.jit(static_argnames=("shape",))
 def hvp(x, v, reg: Reg, shape: Shape):
     """∇²f(x) v, forward-over-reverse."""
     grad = jax.grad(objective_of(shape))
     return jax.jvp(lambda y: grad(y, reg, shape), (x,), (v,))[1]
 
 
-@functools.partial(jax.jit, static_argnames=("shape",))
+@aot.jit(static_argnames=("shape",))
 def value_and_grad(x, reg: Reg, shape: Shape):
     return jax.value_and_grad(objective_of(shape))(x, reg, shape)
 
 
-@functools.partial(jax.jit, static_argnames=("shape",))
+@aot.jit(static_argnames=("shape",))
 def dense_hessian(x, reg: Reg, shape: Shape):
     """∇²f(x) as a P×P matrix, symmetrised (autodiff round-off is not exactly symmetric)."""
     Hm = jax.hessian(objective_of(shape))(x, reg, shape)
@@ -69,7 +70,7 @@ def deflated_hvp(x, v, reg: Reg, shape: Shape, U, weights, free_shift: bool, sig
     return Hw - project(tangent, x, Hw, shape) + sigma * pv
 
 
-_deflated_hvp = jax.jit(deflated_hvp, static_argnames=("shape", "free_shift"))
+_deflated_hvp = aot.jit(deflated_hvp, static_argnames=("shape", "free_shift"))
 
 
 class Eig(NamedTuple):

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import aot, signals
 from .errors import UFMInputError
 from .losses import CrossEntropy, LabelSmoothing, Loss, RescaledMSE, UserLoss, as_loss
 from .problem import BIAS_MODES
@@ -235,7 +236,7 @@ def _prox_step(yA, yb, gA, gb, L, c: _Consts, impl: str):
     return xA, xb, s
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "backtrack", "impl"))
+@aot.jit(static_argnames=("loss", "backtrack", "impl"))
 def _fista(state: _State, c: _Consts, stop, *, loss, backtrack, impl):
     """FISTA with gradient restart (O'Donoghue & Candès 2015) on (L1) until ``state.it == stop``, in one compiled
     loop. With ``backtrack`` the step 1/L halves until the quadratic upper bound holds (user losses, whose
@@ -349,7 +350,7 @@ def _minorant_bound(At, b, F_best, c: _Consts, loss: Loss, impl: str):
     return jnp.where(F_best >= 0, bound, -jnp.inf)
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "kind", "impl"))
+@aot.jit(static_argnames=("loss", "kind", "impl"))
 def _lower_bound(At, b, F_best, c: _Consts, *, loss, kind, impl):
     if kind[0] == "softmax":
         return _dual_softmax(At, b, c, kind[1], impl)
@@ -422,6 +423,7 @@ def lifted_optimum(loss, counts, lam_W, lam_H, lam_b=0.0, bias_mode=None, *, tol
             stop = min(it + chunk, max_iter)
             state = run(state, c, np.asarray(stop, dtype=np.int64))
             value = float(state.best_F)
+            signals.check()
             if not (kind[0] == "minorant" and bias_mode == "free"):
                 # F is flat to second order at the optimum, so the best-F point can stop moving while the current
                 # iterate's gradient (hence its dual point) keeps improving: bound at both, keep the best bound

@@ -16,8 +16,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from . import aot
 from .errors import UFMInputError
 from .model import flat_objective
 
@@ -104,7 +104,7 @@ def relative_stationarity(gnorm, scale):
     return jnp.where(scale > 0, gnorm / safe, jnp.where(gnorm == 0, 0.0, jnp.inf))
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "shape"))
+@aot.jit(static_argnames=("solver", "shape"))
 def _start(solver, x0, reg, shape) -> Carry:
     init, _, _ = solver.parts(reg, shape)
     dtype = x0.dtype
@@ -113,7 +113,7 @@ def _start(solver, x0, reg, shape) -> Carry:
                  f=nan, gnorm=nan, rel=nan, best=jnp.asarray(jnp.inf, dtype), since=jnp.asarray(0, jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "shape", "length", "every"))
+@aot.jit(static_argnames=("solver", "shape", "length", "every"))
 def _advance(solver, carry: Carry, reg, shape, gtol, rtol, max_steps, n_iter, offset, length: int, every: int):
     """Run at most ``n_iter`` ≤ ``length`` iterations of ``solver`` from ``carry``. Each iteration evaluates f, ∇f at
     the iterate, stops with a status (non-finite; stationary: ‖∇f‖ ≤ gtol and relative ≤ rtol; ``max_steps``
@@ -186,6 +186,8 @@ class LBFGS:
     name = "lbfgs"
 
     def parts(self, reg, shape):
+        import optax        # here, not at import: a warm process that loads its compiled programs never needs it
+
         f, _, _ = _derivatives(reg, shape)
         opt = optax.lbfgs(memory_size=self.memory,
                           linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=30))
@@ -210,6 +212,8 @@ class FirstOrder:
     name = "first-order"
 
     def parts(self, reg, shape):
+        import optax
+
         f, vg, _ = _derivatives(reg, shape)
         opt = {
             "gd": lambda: optax.sgd(self.lr),

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import aot
 from .losses import has_closed_form, mean_and_grad
 from .problem import Reg, Shape
 
@@ -106,7 +107,7 @@ def objective(params: Params, reg: Reg, shape: Shape):
 
 #: eq. (7) as one compiled program: a host-side evaluation (bounds.objective_f64) then costs one cache lookup per
 #: process instead of an op-by-op dispatch of every primitive
-objective_compiled = jax.jit(objective, static_argnames="shape")
+objective_compiled = aot.jit(objective, static_argnames="shape")
 
 
 def unflatten(x, shape: Shape) -> Params:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import signals
 from .errors import NotConvergedError, UFMInputError
 from .methods import (LBFGS, MESSAGES, SOLVER_NAMES, Chain, FirstOrder, LevenbergMarquardt, NewtonCG, NewtonStats,
                       Status, _advance, _start, as_solver)
@@ -193,7 +194,8 @@ def solve(problem: Problem = None, *, solver="auto", gtol: Optional[float] = Non
             if init is None:
                 init = init_params(problem, seed, init_scale, dtype)
             x = jnp.asarray(flatten(to_np_params(init, problem, dtype), xp=np), dtype=dtype)
-        reg = type(problem.reg)(*(jnp.asarray(v, dtype) for v in problem.reg))
+        # numpy scalars, not jnp: each jnp.asarray would compile a tiny conversion program in every fresh process
+        reg = type(problem.reg)(*(np.asarray(v, dtype) for v in problem.reg))
         f_tr, g_tr, stage_steps, snaps, snap_steps = [], [], [], [], []
         work = {"value_grad": 0, "hvp": 0, "newton_steps": 0, "cg_max": 0}     # Solution.work
         steps_left = max_steps
@@ -206,23 +208,25 @@ def solve(problem: Problem = None, *, solver="auto", gtol: Optional[float] = Non
             n_iter, first_chunk = 1, True
             while True:
                 tc = time.perf_counter()
-                carry, tr = _advance(stage, carry, reg, shape, jnp.asarray(tol, dtype),
-                                     jnp.asarray(stage_rtol, dtype), jnp.asarray(steps_left, jnp.int32),
-                                     jnp.asarray(n_iter, jnp.int32), jnp.asarray(max_steps - steps_left, jnp.int32),
+                carry, tr = _advance(stage, carry, reg, shape, np.asarray(tol, dtype),
+                                     np.asarray(stage_rtol, dtype), np.asarray(steps_left, np.int32),
+                                     np.asarray(n_iter, np.int32), np.asarray(max_steps - steps_left, np.int32),
                                      CHUNK_LENGTH, every)
                 count = int(tr.count)                           # waits for the chunk: Ctrl-C lands here
+                signals.check()                                 # or here, if its raise was swallowed
                 dt = time.perf_counter() - tc
                 skip = 1 if (i > 0 and first_chunk) else 0      # a stage starts where the last ended: record it once
-                f_tr.append(np.asarray(tr.f[skip:count]))
-                g_tr.append(np.asarray(tr.g[skip:count]))
+                # sliced on the host: a device slice compiles a program per process
+                f_tr.append(np.asarray(tr.f)[skip:count])
+                g_tr.append(np.asarray(tr.g)[skip:count])
                 if every:
                     ns = int(tr.n_snaps)
-                    steps_np = np.asarray(tr.snap_steps[:ns])
+                    steps_np = np.asarray(tr.snap_steps)[:ns]
                     keep = steps_np % stride == 0
                     if skip:
                         keep &= steps_np != (max_steps - steps_left)
                     snap_steps.append(steps_np[keep])
-                    snaps.append(np.asarray(tr.snaps[:ns])[keep])
+                    snaps.append(np.asarray(tr.snaps)[:ns][keep])
                     kept = sum(a.shape[0] for a in snaps)
                     if kept * x.size * 8 > snapshot_budget:
                         # over budget: keep every other snapshot from now on (and of those kept), instead of

@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+from . import signals
 from .errors import UFMInputError
 from .grid import AXES, DEEP_AXES, Grid, SweepOptions, options_key, point_key, problem_of
 from .store import SweepStore, check_store
@@ -364,6 +365,7 @@ def run_sweep(grid: Grid, store_path, *, workers: int = 1, executor: str = "loca
             elif workers == 1:
                 for i, p in todo:
                     record(i, evaluate_point(p, grid.options))
+                    signals.check()
             else:
                 lost = _run_processes(todo, grid.options, workers, record, fail, note)
         except KeyboardInterrupt:
@@ -559,6 +561,7 @@ def _run_processes(todo, options, workers, record, fail, note) -> list:
                 w.give(queue.popleft(), options)
                 live.append(w)
             ready = set(wait([w.conn for w in live] + [w.proc.sentinel for w in live], timeout=5.0))
+            signals.check()
             for w in list(live):
                 if w.conn not in ready and w.proc.sentinel not in ready:
                     continue

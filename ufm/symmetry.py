@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import aot
 from .model import unflatten
 from .problem import Problem
 
@@ -82,6 +84,14 @@ def project(tangent: OrbitTangent, x, v, shape):
     if db is not None:
         parts.append(jnp.full_like(db, jnp.mean(db)) if tangent.free_shift else jnp.zeros_like(db))
     return jnp.concatenate(parts)
+
+
+@aot.jit(static_argnames=("free_shift", "shape"))
+def projector_matrix(x, U, weights, free_shift: bool, shape):
+    """The P×P matrix of :func:`project` at x, column j the projection of the j-th unit vector: one compiled program
+    (a dense analysis forms it; op by op, each primitive would compile in every fresh process)."""
+    tangent = OrbitTangent(U, weights, free_shift, 0, 0)
+    return jax.vmap(lambda e: project(tangent, x, e, shape))(jnp.eye(x.size, dtype=x.dtype)).T
 
 
 def no_tangent(shape, P: int):

@@ -1,0 +1,334 @@
+"""Compiled executables that persist across processes: a warm ``ufm`` command skips tracing and lowering too.
+
+JAX's persistent compilation cache (:mod:`ufm.cache`) saves only the XLA compilation: every fresh process still traces
+each jitted function to a jaxpr and lowers it to MLIR before it can look the program up, and on this 2-core machine
+that was most of a warm command's JAX time (benchmarks/bench_startup.py: 0.36 s tracing and 0.55 s lowering against
+0.09 s loading, README). :func:`jit` is ``jax.jit`` plus a second, per-executable store: on a call it looks for the
+program already compiled for these static arguments and argument types, loads it with
+``jax.experimental.serialize_executable`` and runs it, and on a miss lowers, compiles (through JAX's cache), runs and
+saves it.
+
+The key of a saved executable holds everything the program depends on: the function's name, a digest of every source
+file of the ufm package (an edit invalidates every entry), the JAX and jaxlib versions, the backend, its devices and
+the host's CPU features (XLA:CPU compiles for the host), ``XLA_FLAGS``, JAX's trace-affecting settings (x64, matmul
+precision, promotion rules, …), the static arguments and the shapes, dtypes and weak types of the others. Static arguments enter by value and only when they are built of
+plain data (numbers, strings, tuples, enums, frozen dataclasses and NamedTuples of those, ufm's own module-level
+functions); anything else, such as a user-supplied loss function, is simply compiled as ``jax.jit`` would, never
+stored. A failed load or store only means compiling again.
+
+On when :func:`ufm.cache.enable` turned the compilation cache on (the ``ufm`` command), in its folder's
+``executables/`` subfolder; off otherwise, and with ``UFM_NO_CACHE=1`` / ``--no-cache``. Loading an executable runs
+native code from that folder: keep it private to you (it is, under ``~/.cache``), as for any compiled cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hashlib
+import inspect
+import os
+import pickle
+import re
+import shutil
+import sys
+import tempfile
+import time
+import types
+from typing import Optional
+
+import jax
+import numpy as np
+
+_folder: Optional[str] = None
+_counts = {"loaded": 0, "stored": 0, "compiled": 0, "rejected": 0}
+_environment: Optional[str] = None
+_prepared = False
+
+
+class _Unstable(Exception):
+    """A static argument with no process-independent value: compile it, never store it."""
+
+
+def enable(folder: str) -> Optional[str]:
+    """Keep executables in ``folder`` (created if need be); returns it, or None when it cannot be written."""
+    global _folder
+    if jax.default_backend() != "cpu":
+        # accelerator backends set up more foreign-function handlers while lowering (GPU solvers); their start-up
+        # is not this store's concern: JAX's compilation cache alone serves them
+        return None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return None
+    except OSError:
+        return None
+    _folder = folder
+    return folder
+
+
+def disable() -> None:
+    global _folder
+    _folder = None
+
+
+def folder() -> Optional[str]:
+    return _folder
+
+
+def stats() -> dict:
+    """This process's executables loaded from the folder, stored to it, compiled for lack of one, and loaded but
+    rejected (they failed their first run here and were compiled again)."""
+    return dict(_counts)
+
+
+def jit(fun=None, *, static_argnames=()):
+    """``jax.jit(fun, static_argnames=...)`` whose executables persist across processes (module docstring)."""
+    if fun is None:
+        return functools.partial(jit, static_argnames=static_argnames)
+    return _PersistentJit(fun, (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames))
+
+
+class _PersistentJit:
+    def __init__(self, fun, static_argnames: tuple):
+        self._jitted = jax.jit(fun, static_argnames=static_argnames)
+        params = list(inspect.signature(fun).parameters)
+        self._static_names = frozenset(static_argnames)
+        self._static_nums = frozenset(i for i, name in enumerate(params) if name in self._static_names)
+        self._name = f"{fun.__module__}.{fun.__qualname__}"
+        self._loaded: dict = {}
+        functools.update_wrapper(self, fun)
+
+    def lower(self, *args, **kwargs):
+        return self._jitted.lower(*args, **kwargs)
+
+    def _cache_size(self) -> int:
+        """Programs this process holds for the function: jit's compiled ones and the executables it loaded."""
+        return self._jitted._cache_size() + len(self._loaded)
+
+    def __call__(self, *args, **kwargs):
+        if _folder is None:
+            return self._jitted(*args, **kwargs)
+        statics = tuple(a for i, a in enumerate(args) if i in self._static_nums) + tuple(
+            (k, v) for k, v in sorted(kwargs.items()) if k in self._static_names)
+        dynamic = (tuple(a for i, a in enumerate(args) if i not in self._static_nums),
+                   {k: v for k, v in kwargs.items() if k not in self._static_names})
+        leaves, tree = jax.tree.flatten(dynamic)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+            return self._jitted(*args, **kwargs)          # called inside another trace: an ordinary jit call
+        avals = tuple(_aval(leaf) for leaf in leaves)
+        key = (statics, tree, avals, _trace_context())
+        compiled = self._loaded.get(key)
+        if compiled is None:
+            try:
+                path = os.path.join(_environment_folder(), _digest(self._name, key) + ".exe")
+            except _Unstable:
+                return self._jitted(*args, **kwargs)
+            compiled = _load(path)
+            if compiled is not None:
+                # the first run of a loaded executable is waited for here: one that cannot run in this process
+                # (seen once: "NOT_FOUND: Function wrapped_minimum not found", a kernel missing from the copy) is
+                # dropped and compiled afresh instead of failing the command
+                try:
+                    out = jax.block_until_ready(compiled(*dynamic[0], **dynamic[1]))
+                except Exception:
+                    _counts["rejected"] += 1
+                    _remove(path)
+                else:
+                    self._loaded[key] = compiled
+                    return out
+            compiled = self._jitted.lower(*args, **kwargs).compile()
+            _counts["compiled"] += 1
+            targets = _custom_calls(compiled)
+            if all(t.startswith("lapack_") for t in targets):
+                _store(path, compiled, lapack=bool(targets))
+            self._loaded[key] = compiled
+        return compiled(*dynamic[0], **dynamic[1])
+
+
+def _load(path: str):
+    """The executable stored at ``path``, or None (absent; a torn or foreign file is removed)."""
+    try:
+        with open(path, "rb") as fh:
+            payload, in_tree, out_tree, lapack = pickle.load(fh)
+        if lapack:
+            _prepare_backend()
+        from jax.experimental.serialize_executable import deserialize_and_load
+
+        compiled = deserialize_and_load(payload, in_tree, out_tree)
+    except FileNotFoundError:
+        return None
+    except Exception:
+        _remove(path)
+        return None
+    _counts["loaded"] += 1
+    return compiled
+
+
+#: a folder of executables for another ufm/JAX/host that gained no entry for this long is removed when a new one is
+#: made: an upgrade leaves the old entries unreachable, and they would otherwise pile up
+STALE_SECONDS = 7 * 24 * 3600
+
+
+def _environment_folder() -> str:
+    """This environment's subfolder of the store (named by :func:`_environment_digest`), made on first use."""
+    path = os.path.join(_folder, _environment_digest()[:16])
+    if not os.path.isdir(path):
+        try:
+            os.makedirs(path, exist_ok=True)
+            now = time.time()
+            for name in os.listdir(_folder):
+                other = os.path.join(_folder, name)
+                if other != path and os.path.isdir(other) and now - os.path.getmtime(other) > STALE_SECONDS:
+                    shutil.rmtree(other, ignore_errors=True)
+        except OSError:
+            pass                        # unwritable: loads miss and stores fail quietly, the run goes on
+    return path
+
+
+def _custom_calls(compiled) -> set:
+    """The foreign-function calls of an executable. A fresh process can run one without the lowering that made it
+    only if their handlers are set up: XLA:CPU's LAPACK kernels (eigh, svd) are set up by JAX while lowering, not at
+    import, and a loaded executable calling them before that crashed the process (measured: SIGSEGV in the convex
+    lifting's FISTA). :func:`_prepare_backend` sets up LAPACK; an executable with any other custom call is never
+    stored."""
+    return set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text() or ""))
+
+
+def _prepare_backend() -> None:
+    """Set up the LAPACK handlers, as JAX does before running a deserialized exported program (its export module;
+    it imports scipy.linalg, whose LAPACK it binds: ~0.4 s, paid only by a process that loads such a program)."""
+    global _prepared
+    if not _prepared:
+        from jax._src.lax import linalg
+
+        linalg.initialize_lapack()
+        _prepared = True
+
+
+def _aval(leaf):
+    aval = jax.api_util.shaped_abstractify(leaf)
+    return aval.shape, str(aval.dtype), bool(getattr(aval, "weak_type", False))
+
+
+def _store(path: str, compiled, lapack: bool) -> None:
+    from jax.experimental.serialize_executable import serialize
+
+    try:
+        blob = pickle.dumps((*serialize(compiled), lapack), protocol=pickle.HIGHEST_PROTOCOL)
+        # a temporary file renamed into place: a concurrent reader sees the whole file or none
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".exe")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.replace(tmp, path)
+        _counts["stored"] += 1
+    except Exception:               # not serialisable on this backend, or the disk is full: the run goes on
+        if "tmp" in locals():
+            _remove(tmp)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _trace_context():
+    """Every JAX setting that changes what a trace produces (x64, matmul precision, dtype and rank promotion, debug
+    modes, …): the tuple jax.jit itself keys its compiled programs on."""
+    try:
+        from jax._src.config import trace_context
+
+        return trace_context()
+    except ImportError:                # a JAX without it: the settings ufm changes, at least
+        c = jax.config
+        return (c.jax_enable_x64, str(c.jax_default_matmul_precision), str(c.jax_numpy_rank_promotion),
+                str(c.jax_numpy_dtype_promotion), c.jax_debug_nans, c.jax_debug_infs)
+
+
+def _stable_context(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    if isinstance(value, tuple):
+        return tuple(_stable_context(v) for v in value)
+    # objects such as the axis environment, which is the empty one outside vmap and the like (a call under a trace
+    # never reaches the store)
+    return type(value).__qualname__
+
+
+def _digest(name: str, key) -> str:
+    statics, tree, avals, context = key
+    text = repr((_environment_digest(), name, _stable(statics), str(tree), avals, _stable_context(context)))
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _stable(value):
+    """A process-independent description of a static argument, or _Unstable."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return repr(value)
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__module__}.{type(value).__qualname__}.{value.name}"
+    if isinstance(value, np.generic):
+        return f"{value.dtype}:{value!r}"
+    if isinstance(value, np.dtype):
+        return f"dtype:{value}"
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return (_qualified(type(value)), tuple((f, _stable(getattr(value, f))) for f in value._fields))
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_stable(v) for v in value))
+    if isinstance(value, (frozenset, set)):
+        return ("set", tuple(sorted(repr(_stable(v)) for v in value)))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((repr(_stable(k)), _stable(v)) for k, v in value.items())))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (_qualified(type(value)),
+                tuple((f.name, _stable(getattr(value, f.name))) for f in dataclasses.fields(value)))
+    if isinstance(value, (types.FunctionType, type)):
+        return "fn:" + _qualified(value)
+    raise _Unstable(type(value).__name__)
+
+
+def _qualified(obj) -> str:
+    """module.qualname of a ufm class or function defined at module level (its source is in the digest)."""
+    module, qualname = getattr(obj, "__module__", "") or "", getattr(obj, "__qualname__", "")
+    if not (module == "ufm" or module.startswith("ufm.")) or "<locals>" in qualname or "<lambda>" in qualname:
+        raise _Unstable(f"{module}.{qualname}")
+    return f"{module}.{qualname}"
+
+
+def _environment_digest() -> str:
+    """What every executable depends on besides its own key: ufm's sources, JAX, the backend and the host."""
+    global _environment
+    if _environment is None:
+        import jaxlib
+
+        h = hashlib.sha256()
+        package = os.path.dirname(os.path.abspath(__file__))
+        for name in sorted(os.listdir(package)):
+            if name.endswith(".py"):
+                with open(os.path.join(package, name), "rb") as fh:
+                    h.update(name.encode() + b"\0" + fh.read() + b"\0")
+        devices = jax.devices()
+        h.update(repr((jax.__version__, jaxlib.__version__, sys.version_info[:2], devices[0].platform,
+                       devices[0].client.platform_version, tuple(d.device_kind for d in devices),
+                       _cpu_features(), os.environ.get("XLA_FLAGS", ""))).encode())
+        _environment = h.hexdigest()
+    return _environment
+
+
+def _cpu_features() -> str:
+    """The host CPU's feature flags (XLA:CPU code may use any of them), or the machine name where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return hashlib.sha256(line.encode()).hexdigest()
+    except OSError:
+        pass
+    import platform
+
+    return platform.machine() + platform.processor()
