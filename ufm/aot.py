@@ -208,7 +208,13 @@ def _prepare_backend() -> None:
 
 
 def _aval(leaf):
-    aval = jax.api_util.shaped_abstractify(leaf)
+    """Shape, dtype and weak type as given (JAX's canonical dtype then follows from the x64 setting in the key); the
+    common cases without building an abstract value: this runs on every call, HVPs inside ARPACK's loop included."""
+    if isinstance(leaf, (np.ndarray, np.generic)):
+        return leaf.shape, leaf.dtype.name, False
+    if type(leaf) in (bool, int, float, complex):
+        return (), type(leaf).__name__, True
+    aval = getattr(leaf, "aval", None) or jax.api_util.shaped_abstractify(leaf)
     return aval.shape, str(aval.dtype), bool(getattr(aval, "weak_type", False))
 
 
