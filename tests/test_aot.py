@@ -113,6 +113,20 @@ def test_a_torn_file_is_compiled_again_and_replaced(store):
         assert np.array_equal(np.asarray(_fresh()(np.arange(5.0), 7, mode="times")), want)
 
 
+def test_a_flipped_bit_is_caught_by_the_checksum(store):
+    # machine code with one bit flipped ran and crashed the process, or gave other numbers (wt2): never run it
+    with jax.enable_x64(True):
+        want = np.asarray(_fresh()(np.arange(4.0), 3, mode="times"))
+        (path,) = _files(store)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        path.write_bytes(bytes(data))
+        before = aot.stats()
+        got = np.asarray(_fresh()(np.arange(4.0), 3, mode="times"))
+    assert np.array_equal(got, want)
+    assert aot.stats()["compiled"] == before["compiled"] + 1 and aot.stats()["loaded"] == before["loaded"]
+
+
 def test_a_stored_executable_that_fails_to_run_is_compiled_again(store, monkeypatch):
     with jax.enable_x64(True):
         want = np.asarray(_fresh()(np.arange(3.0), 2, mode="plus"))

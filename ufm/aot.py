@@ -14,7 +14,10 @@ the host's CPU features (XLA:CPU compiles for the host), ``XLA_FLAGS``, JAX's tr
 precision, promotion rules, …), the static arguments and the shapes, dtypes and weak types of the others. Static arguments enter by value and only when they are built of
 plain data (numbers, strings, tuples, enums, frozen dataclasses and NamedTuples of those, ufm's own module-level
 functions); anything else, such as a user-supplied loss function, is simply compiled as ``jax.jit`` would, never
-stored. A failed load or store only means compiling again.
+stored. JAX's compile-time settings and the versions and locations of the libraries traced code runs (optax,
+matfree, numpy) are in the key as well; an edit made in place to an installed library is not seen (delete the
+folder then). Each file carries a checksum, and only fresh compilations are stored. A failed load or store, a damaged
+file, or a loaded executable that fails its first run only means compiling again.
 
 On when :func:`ufm.cache.enable` turned the compilation cache on (the ``ufm`` command), in its folder's
 ``executables/`` subfolder; off otherwise, and with ``UFM_NO_CACHE=1`` / ``--no-cache``. Loading an executable runs
@@ -23,6 +26,7 @@ native code from that folder: keep it private to you (it is, under ``~/.cache``)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -83,25 +87,39 @@ def stats() -> dict:
     return dict(_counts)
 
 
-def jit(fun=None, *, static_argnames=()):
-    """``jax.jit(fun, static_argnames=...)`` whose executables persist across processes (module docstring)."""
+def jit(fun=None, *, static_argnames=(), donate_argnames=()):
+    """``jax.jit(fun, static_argnames=..., donate_argnames=...)`` whose executables persist across processes (module
+    docstring)."""
     if fun is None:
-        return functools.partial(jit, static_argnames=static_argnames)
-    return _PersistentJit(fun, (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames))
+        return functools.partial(jit, static_argnames=static_argnames, donate_argnames=donate_argnames)
+    as_tuple = lambda names: (names,) if isinstance(names, str) else tuple(names)
+    return _PersistentJit(fun, as_tuple(static_argnames), as_tuple(donate_argnames))
 
 
 class _PersistentJit:
-    def __init__(self, fun, static_argnames: tuple):
-        self._jitted = jax.jit(fun, static_argnames=static_argnames)
+    def __init__(self, fun, static_argnames: tuple, donate_argnames: tuple = ()):
+        self._jitted = jax.jit(fun, static_argnames=static_argnames, donate_argnames=donate_argnames)
         params = list(inspect.signature(fun).parameters)
         self._static_names = frozenset(static_argnames)
         self._static_nums = frozenset(i for i, name in enumerate(params) if name in self._static_names)
+        self._donated_names = frozenset(donate_argnames)
+        self._donated_nums = frozenset(i for i, name in enumerate(params) if name in self._donated_names)
         self._name = f"{fun.__module__}.{fun.__qualname__}"
         self._loaded: dict = {}
         functools.update_wrapper(self, fun)
 
     def lower(self, *args, **kwargs):
         return self._jitted.lower(*args, **kwargs)
+
+    def _spare_donated(self, args: tuple, kwargs: dict):
+        """(args, kwargs) with the donated ones as host copies (the call may consume them)."""
+        if not self._donated_names:
+            return args, kwargs
+        positional = [i for i in range(len(self._static_nums) + len(args)) if i not in self._static_nums]
+        copy = lambda tree: jax.tree.map(np.array, tree)
+        args = tuple(copy(a) if positional[j] in self._donated_nums else a for j, a in enumerate(args))
+        kwargs = {k: copy(v) if k in self._donated_names else v for k, v in kwargs.items()}
+        return args, kwargs
 
     def _cache_size(self) -> int:
         """Programs this process holds for the function: jit's compiled ones and the executables it loaded."""
@@ -127,21 +145,26 @@ class _PersistentJit:
                 return self._jitted(*args, **kwargs)
             compiled = _load(path)
             if compiled is not None:
-                # the first run of a loaded executable is waited for here: one that cannot run in this process
-                # (seen once: "NOT_FOUND: Function wrapped_minimum not found", a kernel missing from the copy) is
-                # dropped and compiled afresh instead of failing the command
+                # the first run of a loaded executable is waited for here: one that cannot run in this process (an
+                # executable missing a kernel failed so: "NOT_FOUND: Function … not found") is dropped and compiled
+                # afresh instead of failing the command. Donated arguments go in as host copies, so that the
+                # originals are still there for that retry.
                 try:
-                    out = jax.block_until_ready(compiled(*dynamic[0], **dynamic[1]))
+                    spare_args, spare_kwargs = self._spare_donated(dynamic[0], dynamic[1])
+                    out = jax.block_until_ready(compiled(*spare_args, **spare_kwargs))
                 except Exception:
                     _counts["rejected"] += 1
                     _remove(path)
                 else:
                     self._loaded[key] = compiled
                     return out
-            compiled = self._jitted.lower(*args, **kwargs).compile()
+            with _past_jax_cache() as fresh:
+                compiled = self._jitted.lower(*args, **kwargs).compile()
             _counts["compiled"] += 1
             targets = _custom_calls(compiled)
-            if all(t.startswith("lapack_") for t in targets):
+            # only a fresh compilation is stored: an executable JAX served from its own cache, serialised again,
+            # lacked kernels in a later process ("NOT_FOUND: Function compare_convert_fusion not found", wt2)
+            if fresh and all(t.startswith("lapack_") for t in targets):
                 _store(path, compiled, lapack=bool(targets))
             self._loaded[key] = compiled
         return compiled(*dynamic[0], **dynamic[1])
@@ -151,7 +174,11 @@ def _load(path: str):
     """The executable stored at ``path``, or None (absent; a torn or foreign file is removed)."""
     try:
         with open(path, "rb") as fh:
-            payload, in_tree, out_tree, lapack = pickle.load(fh)
+            checksum, blob = pickle.load(fh)
+        # a damaged file (a flipped bit in its machine code ran and crashed, or gave other numbers: wt2) is not run
+        if hashlib.sha256(blob).digest() != checksum:
+            raise ValueError("checksum")
+        payload, in_tree, out_tree, lapack = pickle.loads(blob)
         if lapack:
             _prepare_backend()
         from jax.experimental.serialize_executable import deserialize_and_load
@@ -180,11 +207,32 @@ def _environment_folder() -> str:
             now = time.time()
             for name in os.listdir(_folder):
                 other = os.path.join(_folder, name)
-                if other != path and os.path.isdir(other) and now - os.path.getmtime(other) > STALE_SECONDS:
+                # only the store's own folders (16 hex digits): anything else in there is somebody else's
+                if (re.fullmatch(r"[0-9a-f]{16}", name) and other != path and os.path.isdir(other)
+                        and now - os.path.getmtime(other) > STALE_SECONDS):
                     shutil.rmtree(other, ignore_errors=True)
         except OSError:
             pass                        # unwritable: loads miss and stores fail quietly, the run goes on
     return path
+
+
+@contextlib.contextmanager
+def _past_jax_cache():
+    """Compile without JAX's persistent cache (neither read nor written); yields whether that could be arranged.
+    JAX decides once per process whether its cache is in use (``compilation_cache.is_cache_used``), so turning the
+    setting off would not do: the check itself is answered "no" for the duration."""
+    try:
+        from jax._src import compilation_cache
+
+        original = compilation_cache.is_cache_used
+    except (ImportError, AttributeError):           # another JAX: compile as usual, store nothing
+        yield False
+        return
+    compilation_cache.is_cache_used = lambda backend: False
+    try:
+        yield True
+    finally:
+        compilation_cache.is_cache_used = original
 
 
 def _custom_calls(compiled) -> set:
@@ -222,7 +270,8 @@ def _store(path: str, compiled, lapack: bool) -> None:
     from jax.experimental.serialize_executable import serialize
 
     try:
-        blob = pickle.dumps((*serialize(compiled), lapack), protocol=pickle.HIGHEST_PROTOCOL)
+        inner = pickle.dumps((*serialize(compiled), lapack), protocol=pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps((hashlib.sha256(inner).digest(), inner), protocol=pickle.HIGHEST_PROTOCOL)
         # a temporary file renamed into place: a concurrent reader sees the whole file or none
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".exe")
         with os.fdopen(fd, "wb") as fh:
@@ -266,9 +315,17 @@ def _stable_context(value):
     return type(value).__qualname__
 
 
+def _compile_settings() -> tuple:
+    """JAX's settings, read at the miss: some change the compilation but not the trace (optimisation level,
+    JAX_DISABLE_MOST_OPTIMIZATIONS, …: wt2 loaded an unoptimised run's executables in a default run). All enter the
+    key but the cache and logging ones, which differ between processes and change no program."""
+    return tuple(sorted((k, repr(v)) for k, v in jax.config.values.items() if "cache" not in k and "log" not in k))
+
+
 def _digest(name: str, key) -> str:
     statics, tree, avals, context = key
-    text = repr((_environment_digest(), name, _stable(statics), str(tree), avals, _stable_context(context)))
+    text = repr((_environment_digest(), name, _stable(statics), str(tree), avals, _stable_context(context),
+                 _compile_settings()))
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
@@ -319,11 +376,32 @@ def _environment_digest() -> str:
                 with open(os.path.join(package, name), "rb") as fh:
                     h.update(name.encode() + b"\0" + fh.read() + b"\0")
         devices = jax.devices()
+        h.update(repr(_libraries()).encode())
         h.update(repr((jax.__version__, jaxlib.__version__, sys.version_info[:2], devices[0].platform,
                        devices[0].client.platform_version, tuple(d.device_kind for d in devices),
                        _cpu_features(), os.environ.get("XLA_FLAGS", ""))).encode())
         _environment = h.hexdigest()
     return _environment
+
+
+#: libraries whose code ufm's traced functions run (optax's optimisers, matfree's Krylov loops) or whose numbers they
+#: take in (numpy, ml_dtypes): their versions and locations enter the key, found without importing them
+TRACED_LIBRARIES = ("optax", "matfree", "numpy", "ml_dtypes")
+
+
+def _libraries() -> tuple:
+    import importlib.metadata
+    import importlib.util
+
+    out = []
+    for name in TRACED_LIBRARIES:
+        try:
+            spec = importlib.util.find_spec(name)
+            version = importlib.metadata.version(name)
+        except (ImportError, ValueError, importlib.metadata.PackageNotFoundError):
+            spec, version = None, None
+        out.append((name, version, spec.origin if spec else None))
+    return tuple(out)
 
 
 def _cpu_features() -> str:
