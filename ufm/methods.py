@@ -169,11 +169,27 @@ def _advance(solver, carry: Carry, reg, shape, gtol, rtol, max_steps, n_iter, of
 
 
 def _derivatives(reg, shape):
-    """f, (f, ∇f) and x ↦ (v ↦ ∇²f(x)v) (forward-over-reverse) for objective (7) at fixed λ's and shape."""
+    """f, (f, ∇f) and (x, dtype=None) ↦ (v ↦ ∇²f(x)v) (forward-over-reverse) for objective (7) at fixed λ's and
+    shape. ``dtype``: evaluate the product in it (x, v and the λ's cast, the result cast back to v's dtype); None:
+    in x's own. f and ∇f are always in x's dtype.
+
+    Inside a loop over v at one x (a CG solve, a Lanczos run), XLA's loop-invariant code motion takes the primal
+    half of the product (W H, the softmax, G) out of the loop: counted in the compiled program, a CG iteration runs
+    the six tangent GEMMs dW H + W dH, dG Hᵀ + G dHᵀ, Wᵀ dG + dWᵀ G and no exponential (tests/test_hvp.py)."""
     # a deep shape (ufm/deep.py) carries its own flat objective; eq. (7)'s otherwise
-    f = functools.partial(getattr(shape, "flat_objective", flat_objective), reg=reg, shape=shape)
+    objective = getattr(shape, "flat_objective", flat_objective)
+    f = functools.partial(objective, reg=reg, shape=shape)
     grad = jax.grad(f)
-    hvp_at = lambda x: (lambda v: jax.jvp(grad, (x,), (v,))[1])
+
+    def hvp_at(x, dtype=None):
+        if dtype is None or jnp.dtype(dtype) == x.dtype:
+            return lambda v: jax.jvp(grad, (x,), (v,))[1]
+        lo = jnp.dtype(dtype)
+        grad_lo = jax.grad(functools.partial(objective, reg=type(reg)(*(jnp.asarray(lam, lo) for lam in reg)),
+                                             shape=shape))
+        x_lo = x.astype(lo)
+        return lambda v: jax.jvp(grad_lo, (x_lo,), (v.astype(lo),))[1].astype(v.dtype)
+
     return f, jax.value_and_grad(f), hvp_at
 
 
@@ -244,6 +260,10 @@ class NewtonStats(NamedTuple):
 EW_GAMMA, EW_ALPHA, ETA_MAX = 0.9, 2.0, 0.5
 #: NewtonCG's forcing rules (how accurately CG solves each Newton system)
 FORCING = ("ew", "sqrt")
+#: NewtonCG's Hessian-vector product precisions (None: the iterate's)
+HVP_DTYPES = (None, "float32")
+#: with ``hvp_dtype``, the forcing term η from which a Newton system is solved on the lower-precision products
+LOW_PRECISION_ETA = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,17 +283,20 @@ class NewtonCG:
     cg_max: int = 250
     patience: int = 25
     forcing: str = "ew"
+    hvp_dtype: Optional[str] = None
     name = "newton-cg"
 
     def parts(self, reg, shape):
-        f, vg, hvp_at = _derivatives(reg, shape)
-        cg_max = self.cg_max
         if self.forcing not in FORCING:
             raise UFMInputError("forcing", self.forcing, f"use one of {', '.join(FORCING)}")
+        if self.hvp_dtype not in HVP_DTYPES:
+            raise UFMInputError("hvp_dtype", self.hvp_dtype, "use None (the iterate's dtype) or float32")
+        f, vg, hvp_at = _derivatives(reg, shape)
+        cg_max = self.cg_max
         ew = self.forcing == "ew"
 
-        def direction(x, g, tol):
-            hvp = hvp_at(x)
+        def direction(x, g, tol, dtype=None):
+            hvp = hvp_at(x, dtype)
             gnorm = jnp.linalg.norm(g)
 
             def cond(c):
@@ -316,7 +339,12 @@ class NewtonCG:
         def update(x, stats, v, g):
             gnorm = jnp.linalg.norm(g)
             eta = forcing_term(gnorm, stats)
-            p, iters = direction(x, g, eta * gnorm)
+            if self.hvp_dtype is None or jnp.dtype(self.hvp_dtype) == x.dtype:
+                p, iters = direction(x, g, eta * gnorm)
+            else:
+                p, iters = jax.lax.cond(eta >= LOW_PRECISION_ETA,
+                                        lambda: direction(x, g, eta * gnorm, self.hvp_dtype),
+                                        lambda: direction(x, g, eta * gnorm))
             slope = g @ p
 
             def ls_cond(c):
