@@ -260,10 +260,15 @@ class NewtonStats(NamedTuple):
 EW_GAMMA, EW_ALPHA, ETA_MAX = 0.9, 2.0, 0.5
 #: NewtonCG's forcing rules (how accurately CG solves each Newton system)
 FORCING = ("ew", "sqrt")
-#: NewtonCG's Hessian-vector product precisions (None: the iterate's)
-HVP_DTYPES = (None, "float32")
-#: with ``hvp_dtype``, the forcing term η from which a Newton system is solved on the lower-precision products
+#: NewtonCG's Hessian-vector product precisions (None: the iterate's; "auto": float32 for a float64 iterate of at
+#: least LOW_PRECISION_MIN_PARAMS parameters, the iterate's below)
+HVP_DTYPES = ("auto", None, "float32")
+#: the forcing term η from which a Newton system is solved on float32 products (below it, in the iterate's dtype)
 LOW_PRECISION_ETA = 0.1
+#: "auto" takes float32 products from this many parameters: measured (benchmarks/bench_scale.py --hvp-dtype) a
+#: float32 product costs 0.4× a float64 one in CPU time at 10⁶ parameters (K = d = 100), but the second CG loop adds
+#: ~1 s of compilation, which ~200 products repay from a few 10⁵ parameters
+LOW_PRECISION_MIN_PARAMS = 500_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,14 +288,14 @@ class NewtonCG:
     cg_max: int = 250
     patience: int = 25
     forcing: str = "ew"
-    hvp_dtype: Optional[str] = None
+    hvp_dtype: Optional[str] = "auto"
     name = "newton-cg"
 
     def parts(self, reg, shape):
         if self.forcing not in FORCING:
             raise UFMInputError("forcing", self.forcing, f"use one of {', '.join(FORCING)}")
         if self.hvp_dtype not in HVP_DTYPES:
-            raise UFMInputError("hvp_dtype", self.hvp_dtype, "use None (the iterate's dtype) or float32")
+            raise UFMInputError("hvp_dtype", self.hvp_dtype, "use auto, None (the iterate's dtype) or float32")
         f, vg, hvp_at = _derivatives(reg, shape)
         cg_max = self.cg_max
         ew = self.forcing == "ew"
@@ -339,11 +344,11 @@ class NewtonCG:
         def update(x, stats, v, g):
             gnorm = jnp.linalg.norm(g)
             eta = forcing_term(gnorm, stats)
-            if self.hvp_dtype is None or jnp.dtype(self.hvp_dtype) == x.dtype:
+            low = self.low_precision(x)
+            if low is None:
                 p, iters = direction(x, g, eta * gnorm)
             else:
-                p, iters = jax.lax.cond(eta >= LOW_PRECISION_ETA,
-                                        lambda: direction(x, g, eta * gnorm, self.hvp_dtype),
+                p, iters = jax.lax.cond(eta >= LOW_PRECISION_ETA, lambda: direction(x, g, eta * gnorm, low),
                                         lambda: direction(x, g, eta * gnorm))
             slope = g @ p
 
@@ -363,6 +368,16 @@ class NewtonCG:
             return jnp.where(c["ok"], x + c["t"] * p, x), stats
 
         return init, (lambda x, s: vg(x)), update
+
+    def low_precision(self, x):
+        """The dtype of the loose Newton systems' products at iterate x (static: its dtype and size), or None
+        when every product is in x's dtype."""
+        want = self.hvp_dtype
+        if want == "auto":
+            want = "float32" if x.size >= LOW_PRECISION_MIN_PARAMS else None
+        if want is None or jnp.dtype(want).itemsize >= x.dtype.itemsize:
+            return None
+        return want
 
 
 @dataclasses.dataclass(frozen=True)
