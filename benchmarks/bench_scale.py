@@ -108,10 +108,41 @@ def solve_only(K_, d_, n_, lam, solver, timeout=None) -> dict:
     return {**r, **json.loads(r["stdout"].strip().splitlines()[-1])}
 
 
+def loop_ops(hlo: str, ops=("dot", "exponential")) -> list[dict]:
+    """For every while loop in XLA's optimised HLO text, how many of each op its body runs per iteration, callees
+    (fusions, branches, inner loops: counted once each) included. Ops hoisted out of a loop by XLA's loop-invariant
+    code motion are not counted in it."""
+    comps, cur = {}, None
+    for line in hlo.splitlines():
+        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+        if m and not line.startswith(" "):
+            cur = m.group(1)
+            comps[cur] = []
+        elif cur is not None:
+            comps[cur].append(line)
+
+    def count(name, op, seen):
+        c = 0
+        for line in comps.get(name, []):
+            c += bool(re.search(rf"= [^=]*\b{op}\(", line))
+            for group in re.findall(r"(?:calls|body|condition|to_apply|branch_computations|true_computation|"
+                                    r"false_computation)=\{?([%\w.\-, ]+)\}?", line):
+                for callee in (g.strip().lstrip("%") for g in group.split(",")):
+                    if callee and callee not in seen:
+                        c += count(callee, op, seen | {callee})
+        return c
+
+    bodies = [m.group(1) for lines in comps.values() for line in lines
+              for m in [re.search(r"\bwhile\(.*body=%?([\w.\-]+)", line)] if m]
+    return [{op: count(b, op, {b}) for op in ops} for b in bodies]
+
+
 #: one CG iteration's and one Lanczos step's compiled operations, counted in XLA's optimised HLO of the programs the
 #: solve and the eigensolve run (timing-free): the while-loop bodies with their callees, each loop once
 HLO_SCRIPT = r"""
-import json, re, sys
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from bench_scale import loop_ops
 import jax, jax.numpy as jnp
 jax.config.update("jax_enable_x64", True)
 import ufm
@@ -120,62 +151,32 @@ from ufm.hessian import reg_of
 from ufm.methods import NewtonCG, _advance, _start
 from ufm.symmetry import no_tangent
 
-def parse(hlo):
-    comps, cur = {}, None
-    for line in hlo.splitlines():
-        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
-        if m and not line.startswith(" "):
-            cur = m.group(1); comps[cur] = []
-        elif cur is not None:
-            comps[cur].append(line)
-    return comps
-
-def count(comps, name, op, seen=()):
-    c = 0
-    for line in comps.get(name, []):
-        c += bool(re.search(rf"= [^=]*\b{op}\(", line))
-        for group in re.findall(r"(?:calls|body|condition|to_apply|branch_computations|true_computation|"
-                                r"false_computation)=\{?([%\w.\-, ]+)\}?", line):
-            for callee in (g.strip().lstrip("%") for g in group.split(",")):
-                if callee and callee not in seen:
-                    c += count(comps, callee, op, seen + (callee,))
-    return c
-
-def loops(hlo):
-    comps = parse(hlo)
-    bodies = [m.group(1) for lines in comps.values() for line in lines
-              for m in [re.search(r"\bwhile\(.*body=%?([\w.\-]+)", line)] if m]
-    return [{op: count(comps, b, op) for op in ("dot", "exponential")} for b in bodies]
-
-K, d, n, lam, hvp_dtype = json.loads(sys.argv[1])
+K, d, n, lam = json.loads(sys.argv[1])
 prob = ufm.Problem.create(K=K, d=d, n=n, lam=lam)
 shape, reg = prob.shape, reg_of(prob)
 P = prob.num_params
 x = jax.ShapeDtypeStruct((P,), jnp.float64)
 f64 = lambda a: jnp.asarray(a, jnp.float64)
 i32 = lambda a: jnp.asarray(a, jnp.int32)
-kw = {} if hvp_dtype == "default" else {"hvp_dtype": hvp_dtype}
-try:
-    s = NewtonCG(**kw)
-except TypeError:                      # a revision before NewtonCG.hvp_dtype
-    s = NewtonCG()
+s = NewtonCG()                         # the default: at n ≥ 50 it also compiles the float32-product CG loop
 carry = jax.eval_shape(lambda y: _start(s, y, reg, shape), x)
-solve = loops(_advance.lower(s, carry, reg, shape, f64(1), f64(1), i32(1), i32(1), i32(0), 256, 0).compile().as_text())
+solve = loop_ops(_advance.lower(s, carry, reg, shape, f64(1), f64(1), i32(1), i32(1), i32(0), 256, 0).compile().as_text())
 U, w = (jnp.asarray(a) for a in no_tangent(shape, P))
 eig = _device_solve.lower(x, reg, x, U, w, f64(0), f64(1e-10), f64(0), f64(0), jnp.asarray(False), jnp.asarray(2),
                           jnp.asarray(0), shape=shape, free_shift=True, basis=basis_size(P), keep=KEEP,
                           max_cycles=500, n_out=1).compile()
 mem = eig.memory_analysis()
-print(json.dumps({"solve_loops": solve, "eig_loops": loops(eig.as_text()),
+print(json.dumps({"solve_loops": solve, "eig_loops": loop_ops(eig.as_text()),
                   "eig_temp_bytes": mem.temp_size_in_bytes}))
 """
 
 
-def hlo_counts(n: int, root: Path = ROOT, hvp_dtype: str = "default") -> dict:
+def hlo_counts(n: int, root: Path = ROOT) -> dict:
     """The compiled loop bodies' GEMM and exponential counts of the code in ``root`` at K = d = 100: the CG loop is
     the Newton step's loop with the most GEMMs (six per product when the primal half is hoisted, against three for
     a value-and-gradient in the line search), the Lanczos step the eigensolve's loop with the most."""
-    r = timed([sys.executable, "-c", HLO_SCRIPT, json.dumps([K, D, n, LAM, hvp_dtype])], root=root)
+    r = timed([sys.executable, "-c", HLO_SCRIPT, json.dumps([K, D, n, LAM]), str(Path(__file__).parent)],
+              root=root)
     if r["code"] != 0:
         raise SystemExit(f"HLO count n={n} ({root}) failed: {r['stderr']}")
     return json.loads(r["stdout"].strip().splitlines()[-1])
