@@ -182,6 +182,45 @@ def hlo_counts(n: int, root: Path = ROOT) -> dict:
     return json.loads(r["stdout"].strip().splitlines()[-1])
 
 
+#: one Hessian-vector product at a fixed point in float64 and in float32 (methods._derivatives), interleaved
+HVP_SCRIPT = r"""
+import json, sys, time
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+import ufm
+from ufm.hessian import reg_of
+from ufm.methods import _derivatives
+K, d, n, lam, reps, m = json.loads(sys.argv[1])
+prob = ufm.Problem.create(K=K, d=d, n=n, lam=lam)
+_, _, hvp_at = _derivatives(reg_of(prob), prob.shape)
+rng = np.random.default_rng(0)
+x = jnp.asarray(0.1 * rng.standard_normal(prob.num_params))
+v = jnp.asarray(rng.standard_normal(prob.num_params))
+# m products in a loop at one x, as in a CG solve (the primal half hoisted), each on the last one's output
+loops = {dt: jax.jit(lambda x, v, dt=dt: jax.lax.fori_loop(0, m, lambda i, u: 1e-3 * hvp_at(x, dt)(u) + v, v))
+         for dt in ("float64", "float32")}
+best = {dt: [np.inf, np.inf] for dt in loops}
+for dt, f in loops.items():
+    f(x, v).block_until_ready()
+for _ in range(reps):
+    for dt, f in loops.items():
+        t, c = time.perf_counter(), time.process_time()
+        f(x, v).block_until_ready()
+        best[dt] = [min(best[dt][0], (time.perf_counter() - t) / m), min(best[dt][1], (time.process_time() - c) / m)]
+print(json.dumps(best))
+"""
+
+
+def hvp_micro(n: int, pinned: bool, reps: int = 6, m: int = 20) -> dict:
+    """Seconds (wall, CPU) of one product in float64 and float32 at K = d = 100, the best of ``reps`` interleaved
+    runs; ``pinned``: under ``taskset -c 0`` (one core: CPU time not inflated by contention for the other)."""
+    cmd = [sys.executable, "-c", HVP_SCRIPT, json.dumps([K, D, n, LAM, reps, m])]
+    r = timed((["taskset", "-c", "0"] if pinned else []) + cmd)
+    if r["code"] != 0:
+        raise SystemExit(f"HVP timing n={n} failed: {r['stderr']}")
+    return {**r, "best": json.loads(r["stdout"].strip().splitlines()[-1])}
+
+
 def checkout(ref: str) -> Path:
     """ufm of git revision ``ref`` in a temporary folder (removed at exit)."""
     import atexit
@@ -263,6 +302,8 @@ def main(argv=None) -> int:
                                                                  "interleaved, and report the ratios")
     ap.add_argument("--repeat", type=int, default=1, help="runs per code with --compare")
     ap.add_argument("--no-table", action="store_true", help="skip the landscape table and the fit table")
+    ap.add_argument("--hvp-micro", action="store_true", help="also time one float64 and one float32 product at each "
+                                                             "size, interleaved, on one pinned core and unpinned")
     ap.add_argument("--big-timeout", type=float, default=1800, help="seconds the (1000, 512, 10) solve may take")
     ap.add_argument("--no-big", action="store_true", help="skip the (1000, 512, 10) solve")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/scale_cpu.md"))
@@ -305,6 +346,19 @@ def main(argv=None) -> int:
                              f"{w['newton_steps']} | {w['hvp']} | {w['value_grad']} | {w['cg_max']} | "
                              f"{r['solve_s']:.1f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
                              f"{r['load_before']} → {r['load_after']} |")
+                print(lines[-1], flush=True)
+        lines.append("")
+    if args.hvp_micro:
+        lines += ["## One Hessian-vector product, float64 against float32 (best of 6 interleaved loops of 20)", "",
+                  "| P | cores | float64 ms wall / CPU | float32 ms wall / CPU | ratio wall / CPU | load before → after |",
+                  "|---|---|---|---|---|---|"]
+        for n in sizes:
+            for pinned in (True, False):
+                r = hvp_micro(n, pinned)
+                (w64, c64), (w32, c32) = r["best"]["float64"], r["best"]["float32"]
+                lines.append(f"| {K * D + D * K * n + K:,} | {'1 (taskset -c 0)' if pinned else 'all'} | "
+                             f"{w64 * 1e3:.1f} / {c64 * 1e3:.1f} | {w32 * 1e3:.1f} / {c32 * 1e3:.1f} | "
+                             f"{w32 / w64:.2f} / {c32 / c64:.2f} | {r['load_before']} → {r['load_after']} |")
                 print(lines[-1], flush=True)
         lines.append("")
     if args.compare:
