@@ -4,12 +4,13 @@ solve at (K, d, n) = (1000, 512, 10).
 
     python benchmarks/bench_scale.py                      # 10⁷ landscape + the (1000, 512, 10) solve
     python benchmarks/bench_scale.py --sizes 100,1000 --forcing sqrt,ew --no-big
-    python benchmarks/bench_scale.py --sizes 100 --compare 3b74e35 --repeat 2 --hvp-dtype none,float32 --no-big
+    python benchmarks/bench_scale.py --sizes 100 --compare 3b74e35 --repeat 2 --hvp-micro --no-table --no-big
 
 Each run is a subprocess under ``/usr/bin/time -v`` (whole-process wall time and maximum resident set size); the
 machine's load (``uptime``) is recorded before and after each run, since this CPU is shared. ``--forcing`` also runs
 the solve alone with each Newton-CG forcing rule, side by side in one process (the work counters do not depend on
-the load). ``--hvp-dtype`` does the same for Newton-CG's Hessian-vector product precisions. ``--compare REF`` runs
+the load). ``--hvp-micro`` times one Hessian-vector product in float64 and in float32 (the iterate and the λ's
+rounded), interleaved in one process. ``--compare REF`` runs
 each landscape also on the code of git revision REF (extracted to a temporary folder), the two interleaved
 ``--repeat`` times, and reports the ratios of wall and CPU time beside timing-free counts: the products, and the
 GEMMs (dot) and exponentials XLA compiled into one CG iteration and one Lanczos step of each code. Writes
@@ -90,10 +91,7 @@ from ufm.methods import NewtonCG
 K, d, n, lam, solver = json.loads(sys.argv[1])
 prob = ufm.Problem.create(K=K, d=d, n=n, lam=lam)
 t = time.perf_counter()
-# a solver name, a forcing rule, or a dict of NewtonCG fields
-solver = NewtonCG(**solver) if isinstance(solver, dict) else NewtonCG(forcing=solver) if solver in ("ew", "sqrt") \
-    else solver
-sol = ufm.solve(prob, solver=solver)
+sol = ufm.solve(prob, solver=NewtonCG(forcing=solver) if solver in ("ew", "sqrt") else solver)
 print(json.dumps({"status": sol.status.name, "grad_norm": sol.grad_norm, "objective": sol.objective,
                   "steps": sol.steps, "work": sol.work, "solve_s": time.perf_counter() - t}))
 """
@@ -188,17 +186,22 @@ import json, sys, time
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
 import ufm
-from ufm.hessian import reg_of
-from ufm.methods import _derivatives
+from ufm.hessian import hvp, reg_of
 K, d, n, lam, reps, m = json.loads(sys.argv[1])
 prob = ufm.Problem.create(K=K, d=d, n=n, lam=lam)
-_, _, hvp_at = _derivatives(reg_of(prob), prob.shape)
 rng = np.random.default_rng(0)
 x = jnp.asarray(0.1 * rng.standard_normal(prob.num_params))
 v = jnp.asarray(rng.standard_normal(prob.num_params))
-# m products in a loop at one x, as in a CG solve (the primal half hoisted), each on the last one's output
-loops = {dt: jax.jit(lambda x, v, dt=dt: jax.lax.fori_loop(0, m, lambda i, u: 1e-3 * hvp_at(x, dt)(u) + v, v))
-         for dt in ("float64", "float32")}
+
+def loop(dt):
+    # m products in a loop at one x, as in a CG solve (the primal half hoisted), each on the last one's output; the
+    # float32 product rounds x, the λ's and each direction, and is cast back
+    reg = reg_of(prob, dt)
+    def body(i, u, x):
+        return 1e-3 * hvp(x.astype(dt), u.astype(dt), reg, prob.shape).astype(u.dtype) + v
+    return jax.jit(lambda x, v: jax.lax.fori_loop(0, m, lambda i, u: body(i, u, x), v))
+
+loops = {dt: loop(dt) for dt in ("float64", "float32")}
 best = {dt: [np.inf, np.inf] for dt in loops}
 for dt, f in loops.items():
     f(x, v).block_until_ready()
@@ -296,8 +299,6 @@ def main(argv=None) -> int:
     ap.add_argument("--forcing", default="", help="also run the solve alone with these Newton-CG forcing rules "
                                                   "(sqrt, ew), at --forcing-n")
     ap.add_argument("--forcing-n", type=int, default=None, help="n of the forcing runs (default: the largest size)")
-    ap.add_argument("--hvp-dtype", default="", help="also run the solve alone with these Newton-CG product precisions "
-                                                    "(none, float32, auto), at --forcing-n")
     ap.add_argument("--compare", default="", metavar="REF", help="also run each landscape on git revision REF's code, "
                                                                  "interleaved, and report the ratios")
     ap.add_argument("--repeat", type=int, default=1, help="runs per code with --compare")
@@ -332,21 +333,6 @@ def main(argv=None) -> int:
                          f"{w['newton_steps']} | {w['hvp']} | {w['value_grad']} | {w['cg_max']} | {r['solve_s']:.1f} | "
                          f"{r['load_before']} → {r['load_after']} |")
             print(lines[-1], flush=True)
-        lines.append("")
-    if args.hvp_dtype:
-        n = args.forcing_n or max(sizes)
-        lines += [f"## The solve alone, Newton-CG product precisions side by side (n = {n})", "",
-                  "| hvp_dtype | status | ‖∇f‖ | f | Newton steps | HVPs | value+grad | max CG/step | solve s | wall s | "
-                  "CPU s | load before → after |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for _ in range(args.repeat):
-            for dt in args.hvp_dtype.split(","):
-                r = solve_only(K, D, n, LAM, {"hvp_dtype": None if dt == "none" else dt})
-                w = r["work"]
-                lines.append(f"| {dt} | {r['status']} | {r['grad_norm']:.1e} | {r['objective']:.15g} | "
-                             f"{w['newton_steps']} | {w['hvp']} | {w['value_grad']} | {w['cg_max']} | "
-                             f"{r['solve_s']:.1f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
-                             f"{r['load_before']} → {r['load_after']} |")
-                print(lines[-1], flush=True)
         lines.append("")
     if args.hvp_micro:
         lines += ["## One Hessian-vector product, float64 against float32 (best of 6 interleaved loops of 20)", "",

@@ -169,27 +169,16 @@ def _advance(solver, carry: Carry, reg, shape, gtol, rtol, max_steps, n_iter, of
 
 
 def _derivatives(reg, shape):
-    """f, (f, ∇f) and (x, dtype=None) ↦ (v ↦ ∇²f(x)v) (forward-over-reverse) for objective (7) at fixed λ's and
-    shape. ``dtype``: evaluate the product in it (x, v and the λ's cast, the result cast back to v's dtype); None:
-    in x's own. f and ∇f are always in x's dtype.
+    """f, (f, ∇f) and x ↦ (v ↦ ∇²f(x)v) (forward-over-reverse) for objective (7) at fixed λ's and shape.
 
-    Inside a loop over v at one x (a CG solve, a Lanczos run), XLA's loop-invariant code motion takes the primal
-    half of the product (W H, the softmax, G) out of the loop: counted in the compiled program, a CG iteration runs
-    the six tangent GEMMs dW H + W dH, dG Hᵀ + G dHᵀ, Wᵀ dG + dWᵀ G and no exponential (tests/test_hvp.py)."""
+    Inside a loop over v at one x (a CG solve), XLA's loop-invariant code motion takes the primal half of the
+    product (W H, the softmax, G) out of the loop: counted in the compiled program, a CG iteration runs the six
+    tangent GEMMs dW H + W dH, dG Hᵀ + G dHᵀ, Wᵀ dG + dWᵀ G and no exponential (tests/test_hvp.py), so an explicit
+    ``jax.linearize`` per Newton step would save nothing."""
     # a deep shape (ufm/deep.py) carries its own flat objective; eq. (7)'s otherwise
-    objective = getattr(shape, "flat_objective", flat_objective)
-    f = functools.partial(objective, reg=reg, shape=shape)
+    f = functools.partial(getattr(shape, "flat_objective", flat_objective), reg=reg, shape=shape)
     grad = jax.grad(f)
-
-    def hvp_at(x, dtype=None):
-        if dtype is None or jnp.dtype(dtype) == x.dtype:
-            return lambda v: jax.jvp(grad, (x,), (v,))[1]
-        lo = jnp.dtype(dtype)
-        grad_lo = jax.grad(functools.partial(objective, reg=type(reg)(*(jnp.asarray(lam, lo) for lam in reg)),
-                                             shape=shape))
-        x_lo = x.astype(lo)
-        return lambda v: jax.jvp(grad_lo, (x_lo,), (v.astype(lo),))[1].astype(v.dtype)
-
+    hvp_at = lambda x: (lambda v: jax.jvp(grad, (x,), (v,))[1])
     return f, jax.value_and_grad(f), hvp_at
 
 
@@ -260,15 +249,6 @@ class NewtonStats(NamedTuple):
 EW_GAMMA, EW_ALPHA, ETA_MAX = 0.9, 2.0, 0.5
 #: NewtonCG's forcing rules (how accurately CG solves each Newton system)
 FORCING = ("ew", "sqrt")
-#: NewtonCG's Hessian-vector product precisions (None: the iterate's; "auto": float32 for a float64 iterate of at
-#: least LOW_PRECISION_MIN_PARAMS parameters, the iterate's below)
-HVP_DTYPES = ("auto", None, "float32")
-#: the forcing term η from which a Newton system is solved on float32 products (below it, in the iterate's dtype)
-LOW_PRECISION_ETA = 0.1
-#: "auto" takes float32 products from this many parameters: measured (benchmarks/bench_scale.py --hvp-dtype) a
-#: float32 product costs 0.4× a float64 one in CPU time at 10⁶ parameters (K = d = 100), but the second CG loop adds
-#: ~1 s of compilation, which ~200 products repay from a few 10⁵ parameters
-LOW_PRECISION_MIN_PARAMS = 500_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,39 +263,22 @@ class NewtonCG:
     η. ``"sqrt"``: η = min(0.5, √‖∇f‖), the rule before (not scale-free: a small gradient asks for an accurate solve
     from the first step). Counted with ``Solution.work`` at (K, d) = (100, 100), λ = 1e-4, CE: "ew" took 223
     Hessian-vector products where "sqrt" took 372 at 1.1·10⁵ parameters, 186 against 233 at 10⁶ and 209 against 263
-    at 10⁷ (benchmarks/results/scale_cpu.md); the same f to 15 digits where compared (10⁵, 10⁶).
-
-    ``hvp_dtype``: the precision of the Hessian-vector products of the loose Newton systems (η ≥ LOW_PRECISION_ETA).
-    ``"float32"``: x and each CG direction are rounded to float32 and the product is cast back; CG's recurrences, f,
-    ∇f, the line search and every stopping test stay in the iterate's dtype, and the tight systems of the quadratic
-    endgame (η < LOW_PRECISION_ETA) use products in the iterate's dtype. ``None``: every product in the iterate's
-    dtype. ``"auto"`` (default): float32 for a float64 iterate of at least LOW_PRECISION_MIN_PARAMS parameters.
-    What is certified does not change: the direction is only asked to solve its system to a relative residual
-    η ≥ 0.1, and the float32 product's relative error (≈ 2e-7 measured, a few ε₃₂) moves that residual by a far
-    smaller amount; CG's iterates are descent directions of the float32 model, the line search accepts a step only
-    on a decrease of f computed in the iterate's dtype, and convergence is decided by ‖∇f‖ and the scale-free ratio
-    of the float64 gradient, after which the second-order check and the curvature analysis run in float64 as
-    before. Measured at (K, d) = (100, 100), λ = 1e-4, CE: 28 steps and 184 products against 28 and 186 at 10⁶
-    parameters, 35 steps and 224 against 37 and 223 at 1.1·10⁵, the same f to 15 digits; a float32 product took
-    0.4× the CPU time of a float64 one at 10⁶ (benchmarks/results/scale_cpu.md)."""
+    at 10⁷ (benchmarks/results/scale_cpu.md); the same f to 15 digits where compared (10⁵, 10⁶)."""
 
     cg_max: int = 250
     patience: int = 25
     forcing: str = "ew"
-    hvp_dtype: Optional[str] = "auto"
     name = "newton-cg"
 
     def parts(self, reg, shape):
-        if self.forcing not in FORCING:
-            raise UFMInputError("forcing", self.forcing, f"use one of {', '.join(FORCING)}")
-        if self.hvp_dtype not in HVP_DTYPES:
-            raise UFMInputError("hvp_dtype", self.hvp_dtype, "use auto, None (the iterate's dtype) or float32")
         f, vg, hvp_at = _derivatives(reg, shape)
         cg_max = self.cg_max
+        if self.forcing not in FORCING:
+            raise UFMInputError("forcing", self.forcing, f"use one of {', '.join(FORCING)}")
         ew = self.forcing == "ew"
 
-        def direction(x, g, tol, dtype=None):
-            hvp = hvp_at(x, dtype)
+        def direction(x, g, tol):
+            hvp = hvp_at(x)
             gnorm = jnp.linalg.norm(g)
 
             def cond(c):
@@ -358,12 +321,7 @@ class NewtonCG:
         def update(x, stats, v, g):
             gnorm = jnp.linalg.norm(g)
             eta = forcing_term(gnorm, stats)
-            low = self.low_precision(x)
-            if low is None:
-                p, iters = direction(x, g, eta * gnorm)
-            else:
-                p, iters = jax.lax.cond(eta >= LOW_PRECISION_ETA, lambda: direction(x, g, eta * gnorm, low),
-                                        lambda: direction(x, g, eta * gnorm))
+            p, iters = direction(x, g, eta * gnorm)
             slope = g @ p
 
             def ls_cond(c):
@@ -382,16 +340,6 @@ class NewtonCG:
             return jnp.where(c["ok"], x + c["t"] * p, x), stats
 
         return init, (lambda x, s: vg(x)), update
-
-    def low_precision(self, x):
-        """The dtype of the loose Newton systems' products at iterate x (static: its dtype and size), or None
-        when every product is in x's dtype."""
-        want = self.hvp_dtype
-        if want == "auto":
-            want = "float32" if x.size >= LOW_PRECISION_MIN_PARAMS else None
-        if want is None or jnp.dtype(want).itemsize >= x.dtype.itemsize:
-            return None
-        return want
 
 
 @dataclasses.dataclass(frozen=True)
