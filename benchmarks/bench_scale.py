@@ -156,7 +156,7 @@ P = prob.num_params
 x = jax.ShapeDtypeStruct((P,), jnp.float64)
 f64 = lambda a: jnp.asarray(a, jnp.float64)
 i32 = lambda a: jnp.asarray(a, jnp.int32)
-s = NewtonCG()                         # the default: at n ≥ 50 it also compiles the float32-product CG loop
+s = NewtonCG()
 carry = jax.eval_shape(lambda y: _start(s, y, reg, shape), x)
 solve = loop_ops(_advance.lower(s, carry, reg, shape, f64(1), f64(1), i32(1), i32(1), i32(0), 256, 0).compile().as_text())
 U, w = (jnp.asarray(a) for a in no_tangent(shape, P))
@@ -265,7 +265,7 @@ def compare_lines(ref: str, sizes: list[int], repeat: int) -> list[str]:
             cg = max(cnt["solve_loops"], key=lambda c: c["dot"])
             lz = max(cnt["eig_loops"], key=lambda c: c["dot"])
             ratios.append(f"n = {n}, {ref if code == 'ref' else 'this'}: compiled per CG loop body {cg['dot']} dot, "
-                          f"{cg['exponential']} exp (with both CG loops when float32 products are on); per Lanczos "
+                          f"{cg['exponential']} exp; per Lanczos "
                           f"step body {lz['dot']} dot, {lz['exponential']} exp; eigensolve temporaries "
                           f"{cnt['eig_temp_bytes'] / 2**20:.0f} MiB")
     return out + ["", "Ratios this / REF (medians of the interleaved runs), and the compiled counts:", "",
