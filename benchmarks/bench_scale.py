@@ -335,7 +335,8 @@ def main(argv=None) -> int:
             print(lines[-1], flush=True)
         lines.append("")
     if args.hvp_micro:
-        lines += ["## One Hessian-vector product, float64 against float32 (best of 6 interleaved loops of 20)", "",
+        lines += ["## One Hessian-vector product, float64 against float32 (best of 6 interleaved loops of 20; "
+                  f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})", "",
                   "| P | cores | float64 ms wall / CPU | float32 ms wall / CPU | ratio wall / CPU | load before → after |",
                   "|---|---|---|---|---|---|"]
         for n in sizes:
