@@ -302,6 +302,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compare", default="", metavar="REF", help="also run each landscape on git revision REF's code, "
                                                                  "interleaved, and report the ratios")
     ap.add_argument("--repeat", type=int, default=1, help="runs per code with --compare")
+    ap.add_argument("--counts-only", action="store_true", help="print the compiled counts of this checkout (and of "
+                                                                "--compare REF) at each size, and nothing else")
     ap.add_argument("--no-table", action="store_true", help="skip the landscape table and the fit table")
     ap.add_argument("--hvp-micro", action="store_true", help="also time one float64 and one float32 product at each "
                                                              "size, interleaved, on one pinned core and unpinned")
@@ -312,6 +314,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.fit_only:
         print("\n".join(fit_lines()))
+        return 0
+    if args.counts_only:
+        roots = [("this", ROOT)] + ([(args.compare, checkout(args.compare))] if args.compare else [])
+        for n in (int(s) for s in args.sizes.split(",")):
+            for label, root in roots:
+                print(f"n = {n}, {label}: {json.dumps(hlo_counts(n, root))}", flush=True)
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     lines = ["# `ufm landscape --at solution` at scale on this CPU", "",

@@ -66,8 +66,8 @@ def deflated_hvp(x, v, reg: Reg, shape: Shape, U, weights, free_shift: bool, sig
     ``deflate`` False (may be traced): H v itself (P v = 0 exactly). Only the projections sit in a ``lax.cond``, so
     one product serves both operators, outside any branch, where XLA's loop-invariant code motion takes its primal
     half (W H, the softmax, G) out of a Lanczos loop: counted in the compiled program at 10⁷ parameters, a product
-    inside a branch recomputed it at every step (7 GEMMs and the exponentials; now 6 and none), and the program's
-    temporaries fell from 1762 to 1695 MiB (tests/test_hvp.py)."""
+    inside a branch recomputed it at every step (7 GEMMs and the exponentials; now 6 and none: tests/test_hvp.py), and
+    the program's temporaries fell from 1762 to 1695 MiB (benchmarks/bench_scale.py --counts-only)."""
     tangent = OrbitTangent(U, weights, free_shift, 0, 0)
     proj = lambda u: jax.lax.cond(deflate, lambda a: project(tangent, x, a, shape), jnp.zeros_like, u)
     pv = proj(v)
