@@ -243,11 +243,12 @@ def _device_solve(x, reg, v0, U, weights, sigma, rtol, atol, scale, deflate, whi
     the measured residuals ‖Av − θv‖ of its two pairs from fresh products (NaN for a pair that is not wanted). With
     ``n_out`` = 1 the result holds one vector, pair ``out_row``'s (0: the low end, 1: the high end): 80 MB less at
     10⁷ parameters, at the peak."""
-    from .hessian import deflated_hvp, hvp
+    from .hessian import deflated_hvp
 
     def op(v):
-        return jax.lax.cond(deflate, lambda u: deflated_hvp(x, u, reg, shape, U, weights, free_shift, sigma),
-                            lambda u: hvp(x, u, reg, shape), v)
+        # one product whichever operator `deflate` picks, outside any branch: XLA hoists its primal half out of the
+        # Lanczos loop (hessian.deflated_hvp)
+        return deflated_hvp(x, v, reg, shape, U, weights, free_shift, sigma, deflate)
 
     res = thick_restart_lanczos(op, v0, which=which, rtol=rtol, atol=atol, scale=scale, basis=basis, keep=keep,
                                 max_cycles=max_cycles)

@@ -60,14 +60,20 @@ def dense_hessian(x, reg: Reg, shape: Shape):
     return 0.5 * (Hm + Hm.T)
 
 
-def deflated_hvp(x, v, reg: Reg, shape: Shape, U, weights, free_shift: bool, sigma):
+def deflated_hvp(x, v, reg: Reg, shape: Shape, U, weights, free_shift: bool, sigma, deflate=True):
     """(I − P) H (I − P) v + σ P v: H on the complement of the orbit tangent, the tangent lifted to σ (traceable;
-    the host path jits it below, the device path inside its Lanczos loop, eigensolvers.py)."""
+    the host path jits it below, the device path inside its Lanczos loop, eigensolvers.py).
+
+    ``deflate`` False (may be traced): H v itself (P v = 0 exactly). Only the projections sit in a ``lax.cond``, so
+    one product serves both operators, outside any branch, where XLA's loop-invariant code motion takes its primal
+    half (W H, the softmax, G) out of a Lanczos loop: counted in the compiled program at 10⁷ parameters, a product
+    inside a branch recomputed it at every step (7 GEMMs and the exponentials; now 6 and none: tests/test_hvp.py), and
+    the program's temporaries fell from 1762 to 1695 MiB (benchmarks/bench_scale.py --counts-only)."""
     tangent = OrbitTangent(U, weights, free_shift, 0, 0)
-    pv = project(tangent, x, v, shape)
-    w = v - pv
-    Hw = hvp(x, w, reg, shape)
-    return Hw - project(tangent, x, Hw, shape) + sigma * pv
+    proj = lambda u: jax.lax.cond(deflate, lambda a: project(tangent, x, a, shape), jnp.zeros_like, u)
+    pv = proj(v)
+    Hw = hvp(x, v - pv, reg, shape)
+    return Hw - proj(Hw) + sigma * pv
 
 
 _deflated_hvp = aot.jit(deflated_hvp, static_argnames=("shape", "free_shift"))

@@ -169,7 +169,12 @@ def _advance(solver, carry: Carry, reg, shape, gtol, rtol, max_steps, n_iter, of
 
 
 def _derivatives(reg, shape):
-    """f, (f, ∇f) and x ↦ (v ↦ ∇²f(x)v) (forward-over-reverse) for objective (7) at fixed λ's and shape."""
+    """f, (f, ∇f) and x ↦ (v ↦ ∇²f(x)v) (forward-over-reverse) for objective (7) at fixed λ's and shape.
+
+    Inside a loop over v at one x (a CG solve), XLA's loop-invariant code motion takes the primal half of the
+    product (W H, the softmax, G) out of the loop: counted in the compiled program, a CG iteration runs the six
+    tangent GEMMs dW H + W dH, dG Hᵀ + G dHᵀ, Wᵀ dG + dWᵀ G and no exponential (tests/test_hvp.py), so an explicit
+    ``jax.linearize`` per Newton step would save nothing."""
     # a deep shape (ufm/deep.py) carries its own flat objective; eq. (7)'s otherwise
     f = functools.partial(getattr(shape, "flat_objective", flat_objective), reg=reg, shape=shape)
     grad = jax.grad(f)
