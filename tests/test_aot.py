@@ -145,6 +145,30 @@ def test_a_stored_executable_that_fails_to_run_is_compiled_again(store, monkeypa
     assert len(_files(store)) == 1                # the bad copy removed, the fresh one stored in its place
 
 
+def _double(x):
+    return 2.0 * x
+
+
+def test_donated_arguments_and_a_failing_copy(store, monkeypatch):
+    donating = lambda: aot.jit(_double, donate_argnames="x")          # noqa: E731
+    with jax.enable_x64(True):
+        first = np.asarray(donating()(jnp.arange(3.0)))
+        before = aot.stats()
+        again = np.asarray(donating()(jnp.arange(3.0)))
+        assert aot.stats()["loaded"] == before["loaded"] + 1 and np.array_equal(first, again)
+
+        class Broken:
+            def __call__(self, *a, **k):
+                raise RuntimeError("NOT_FOUND: Function wrapped_minimum not found")
+
+        real = aot._load
+        monkeypatch.setattr(aot, "_load", lambda path: Broken() if real(path) is not None else None)
+        # the donated input may be gone: no silent retry, but the copy is dropped so that the next process compiles
+        with pytest.raises(RuntimeError, match="NOT_FOUND"):
+            donating()(jnp.arange(3.0))
+    assert _files(store) == []
+
+
 def test_an_edit_to_ufm_is_a_new_key_and_stale_folders_go(store, monkeypatch):
     stale = store / "0123456789abcdef"
     stale.mkdir(parents=True)

@@ -103,23 +103,12 @@ class _PersistentJit:
         self._static_names = frozenset(static_argnames)
         self._static_nums = frozenset(i for i, name in enumerate(params) if name in self._static_names)
         self._donated_names = frozenset(donate_argnames)
-        self._donated_nums = frozenset(i for i, name in enumerate(params) if name in self._donated_names)
         self._name = f"{fun.__module__}.{fun.__qualname__}"
         self._loaded: dict = {}
         functools.update_wrapper(self, fun)
 
     def lower(self, *args, **kwargs):
         return self._jitted.lower(*args, **kwargs)
-
-    def _spare_donated(self, args: tuple, kwargs: dict):
-        """(args, kwargs) with the donated ones as host copies (the call may consume them)."""
-        if not self._donated_names:
-            return args, kwargs
-        positional = [i for i in range(len(self._static_nums) + len(args)) if i not in self._static_nums]
-        copy = lambda tree: jax.tree.map(np.array, tree)
-        args = tuple(copy(a) if positional[j] in self._donated_nums else a for j, a in enumerate(args))
-        kwargs = {k: copy(v) if k in self._donated_names else v for k, v in kwargs.items()}
-        return args, kwargs
 
     def _cache_size(self) -> int:
         """Programs this process holds for the function: jit's compiled ones and the executables it loaded."""
@@ -147,14 +136,16 @@ class _PersistentJit:
             if compiled is not None:
                 # the first run of a loaded executable is waited for here: one that cannot run in this process (an
                 # executable missing a kernel failed so: "NOT_FOUND: Function … not found") is dropped and compiled
-                # afresh instead of failing the command. Donated arguments go in as host copies, so that the
-                # originals are still there for that retry.
+                # afresh instead of failing the command. With donated arguments the failed run may have consumed
+                # them (a spare copy of a solver's state would double its memory): the file is dropped, the error
+                # stands, and the next process compiles.
                 try:
-                    spare_args, spare_kwargs = self._spare_donated(dynamic[0], dynamic[1])
-                    out = jax.block_until_ready(compiled(*spare_args, **spare_kwargs))
+                    out = jax.block_until_ready(compiled(*dynamic[0], **dynamic[1]))
                 except Exception:
                     _counts["rejected"] += 1
                     _remove(path)
+                    if self._donated_names:
+                        raise
                 else:
                     self._loaded[key] = compiled
                     return out
