@@ -20,7 +20,7 @@ folder then). Each file carries a checksum, and only fresh compilations are stor
 file, or a loaded executable that fails its first run only means compiling again.
 
 On when :func:`ufm.cache.enable` turned the compilation cache on (the ``ufm`` command), in its folder's
-``executables/`` subfolder; off otherwise, and with ``UFM_NO_CACHE=1`` / ``--no-cache``. Loading an executable runs
+``executables/`` subfolder; off otherwise, and with ``UFM_NO_CACHE=1``. Loading an executable runs
 native code from that folder: keep it private to you (it is, under ``~/.cache``), as for any compiled cache.
 """
 

@@ -1,8 +1,8 @@
 """JAX's persistent compilation cache for the ``ufm`` command: a repeated call loads its compiled programs instead of
 compiling them again (on this 2-core machine compilation is most of a small command's time).
 
-Where: ``$UFM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/ufm/jax`` (``~/.cache/ufm/jax``). Off: ``UFM_NO_CACHE=1``
-or ``--no-cache``. A ``JAX_COMPILATION_CACHE_DIR`` the user set already wins (JAX reads it itself). JAX writes each
+Where: ``$UFM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/ufm/jax`` (``~/.cache/ufm/jax``). Off: ``UFM_NO_CACHE=1``.
+A ``JAX_COMPILATION_CACHE_DIR`` the user set already wins (JAX reads it itself). JAX writes each
 entry to a temporary file and renames it, so concurrent processes (sweep workers, parallel tests) share one folder
 safely. JAX's size-bounded (LRU) mode is NOT used: its access-time bookkeeping races between processes (measured:
 "Error writing persistent compilation cache entry … FileNotFoundError … -atime" warnings under a parallel test run),
