@@ -225,9 +225,9 @@ def test_focal_gamma_then_another_gamma_then_float32_share_one_folder(tmp_path):
 def test_generated_chains_through_one_folder(tmp_path):
     """Generated configurations (seeded) chained through one folder, plus twins that differ in one static each."""
     rng = random.Random(20261128)
-    configs = [random_config(rng) for _ in range(8)]
+    configs = [random_config(rng) for _ in range(5)]
     twins = []
-    for args in configs[:4]:
+    for args in configs[:2]:
         twin = list(args)
         if "--seed" in twin:
             twin[twin.index("--seed") + 1] = str(int(twin[twin.index("--seed") + 1]) + 1)
@@ -240,25 +240,18 @@ def test_generated_chains_through_one_folder(tmp_path):
     assert loaded > 0
 
 
-#: pairs that differ in exactly one thing a compiled program depends on and share every function and shape
+#: pairs that differ in exactly one thing a compiled program depends on and share every function and shape: six of
+#: wt2's thirteen, one per kind (a loss parameter, the bias mode, a traced step size, a deep shape's activation, the
+#: Hessian dtype), as each costs three processes and the slow tier has to fit CI
 _BASE2 = ["-K", "3", "-d", "4", "-n", "5,5,2", "--lam", "1e-2", "--max-steps", "400"]
 TWINS = [
     (["solve", *_BASE2, "--loss", "fl", "--gamma", "1", "--no-bounds"], ["--gamma", "2"]),
-    (["solve", *_BASE2, "--loss", "ls", "--alpha", "0", "--no-bounds"], ["--alpha", "0.1"]),
     (["solve", *_BASE2, "--loss", "mse", "--kappa", "1", "--beta", "1"], ["--kappa", "2"]),
-    (["solve", *_BASE2, "--loss", "mse", "--kappa", "1", "--beta", "1"], ["--beta", "2"]),
     (["solve", *_BASE2, "--loss", "ce"], ["--lam-b", "0"]),
-    (["solve", *_BASE2, "--loss", "ce", "--no-bounds"], ["--dtype", "float32"]),
-    (["solve", *_BASE2, "--loss", "ce", "--solver", "lbfgs", "--no-bounds"], ["--solver", "newton"]),
-    (["solve", *_BASE2, "--loss", "ce", "--solver", "gd", "--lr", "0.1", "--no-bounds"], ["--solver", "adam"]),
     (["solve", *_BASE2, "--loss", "ce", "--solver", "gd", "--lr", "0.1", "--no-bounds"], ["--lr", "0.2"]),
     (["solve", *_BASE2, "--loss", "ce", "--depth", "2", "--activation", "linear", "--no-bounds"],
      ["--activation", "relu"]),
-    (["solve", *_BASE2, "--loss", "ce", "--depth", "2", "--lam-layers", "1e-2", "--no-bounds"],
-     ["--lam-layers", "1e-2,2e-2"]),
     (["landscape", *_BASE2, "--loss", "ls", "--hessian", "lanczos"], ["--hessian-dtype", "float32"]),
-    (["landscape", "-K", "3", "-d", "4", "-n", "5,5,2", "--lam", "1e-2", "--loss", "fl", "--gamma", "1",
-      "--at", "origin"], ["--gamma", "3"]),
 ]
 
 
