@@ -1,5 +1,6 @@
 """End-to-end wall time of `ufm` commands: cold (empty caches), warm (the compiled programs and executables the cold
-run stored, ufm/cache.py and ufm/aot.py) and with the caches off (UFM_NO_CACHE=1), side by side in one run, plus
+run stored, ufm/cache.py and ufm/aot.py), warm with JAX's compilation cache alone (UFM_NO_EXECUTABLES=1) and with
+the caches off (UFM_NO_CACHE=1), side by side in one run, plus
 `ufm --help` (which must not import JAX) and the floor of any JAX process (interpreter, `import jax`, one operation),
 against the baseline of scipy's L-BFGS-B on a hand-written numpy objective (bench_solvers.py) at (K, d, n) =
 (10, 64, 100).
@@ -46,20 +47,22 @@ def main():
     args = ap.parse_args()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
     print(f"end-to-end seconds, median of {args.repeats} fresh processes; {os.cpu_count()} cores\n")
-    print(f"{'command':44}{'cold':>8}{'warm':>8}{'no cache':>10}{'cold/warm':>11}")
+    print(f"{'command':44}{'cold':>8}{'warm':>8}{'JAX cache only':>16}{'no cache':>10}{'cold/warm':>11}")
     warm_of = {}
     for name, argv in COMMANDS.items():
-        cold, warm, off = [], [], []
+        cold, warm, programs, off = [], [], [], []
         for _ in range(args.repeats):
             folder = tempfile.mkdtemp(prefix="ufm-bench-cache-")
             env = dict(base, UFM_CACHE_DIR=folder)
             cold.append(_time(argv, env))
             warm.append(_time(argv, env))
+            # the same warm cache without the executable store (ufm/aot.py): what tracing and lowering cost
+            programs.append(_time(argv, dict(env, UFM_NO_EXECUTABLES="1")))
             off.append(_time(argv, dict(env, UFM_NO_CACHE="1")))
             shutil.rmtree(folder, ignore_errors=True)
-        c, w, o = (statistics.median(v) for v in (cold, warm, off))
+        c, w, p, o = (statistics.median(v) for v in (cold, warm, programs, off))
         warm_of[name] = w
-        print(f"{name:44}{c:8.2f}{w:8.2f}{o:10.2f}{c / w:10.1f}×")
+        print(f"{name:44}{c:8.2f}{w:8.2f}{p:16.2f}{o:10.2f}{c / w:10.1f}×")
     helps = [_time(["--help"], base) for _ in range(args.repeats)]
     print(f"\nufm --help: {statistics.median(helps):.2f} s")
     here = os.path.dirname(os.path.abspath(__file__))

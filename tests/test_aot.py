@@ -51,8 +51,9 @@ def test_a_second_process_runs_what_the_first_compiled(tmp_path):
     assert _without_times(second) == _without_times(first)
 
 
-def test_off_with_no_cache(tmp_path):
-    _, stats = _run(tmp_path / "cache", *ARGS, "--no-bounds", UFM_NO_CACHE="1")      # the solve alone: a cold one
+@pytest.mark.parametrize("switch", ["UFM_NO_CACHE", "UFM_NO_EXECUTABLES"])
+def test_off_with_no_cache(tmp_path, switch):
+    _, stats = _run(tmp_path / "cache", *ARGS, "--no-bounds", **{switch: "1"})      # the solve alone: a cold one
     assert stats == {"loaded": 0, "stored": 0, "compiled": 0, "rejected": 0, "code": 0}
     assert not (tmp_path / "cache" / "executables").exists()
 

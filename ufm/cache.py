@@ -10,7 +10,8 @@ so the folder grows with the shapes you run (a few hundred KB a command); delete
 read or write only means compiling again, so JAX's warnings about it are silenced: stderr stays for ufm's own lines.
 
 Beside it, in ``executables/``, whole compiled executables (:mod:`ufm.aot`): JAX's cache spares a warm process the
-compiling, that store the tracing and lowering too. ``UFM_NO_CACHE`` turns both off.
+compiling, that store the tracing and lowering too. ``UFM_NO_CACHE`` turns both off, ``UFM_NO_EXECUTABLES`` the
+second alone.
 
 Library users keep control: nothing here runs on ``import ufm``; call :func:`enable` to opt in.
 """
@@ -78,7 +79,11 @@ def enable(path: Optional[str] = None) -> Optional[str]:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(MIN_COMPILE_SECONDS))
     # whole executables beside it (ufm.aot): a warm process then skips tracing and lowering as well
-    aot.enable(os.path.join(path, "executables"))
+    # (UFM_NO_EXECUTABLES=1 keeps JAX's cache alone: benchmarks/bench_startup.py compares the two)
+    if os.environ.get("UFM_NO_EXECUTABLES", "").strip().lower() in ("", "0", "false", "no"):
+        aot.enable(os.path.join(path, "executables"))
+    else:
+        aot.disable()
     if not _listening:
         from jax import monitoring
 
