@@ -19,7 +19,8 @@ import numpy as np
 
 from .errors import NotConvergedError, UFMInputError
 from .methods import (LBFGS, MESSAGES, SOLVER_NAMES, Chain, FirstOrder, LevenbergMarquardt, NewtonCG, NewtonStats,
-                      Status, _advance, _start, as_solver)
+                      Status, _start, as_solver)
+from .methods import _advance as _advance_loop
 from .model import Params, flatten, unflatten
 from .problem import Problem, Reg
 
@@ -122,6 +123,13 @@ def _validate_run_args(seed, init_scale, gtol, max_steps, dtype, rtol=None):
     if dtype not in ("float64", "float32"):
         raise UFMInputError("--dtype", dtype, "use float64 (certification) or float32")
 
+
+#: methods._advance with the carry donated: each chunk then updates the iterate and the solver's state (L-BFGS keeps
+#: 2·memory + 4 P-vectors) in place. Without it every chunk call copied the whole state into fresh buffers, and once
+#: an iteration takes longer than CHUNK_SECONDS every iteration is its own chunk: at (K, d, n) = (1000, 512, 10),
+#: 5.6·10⁶ parameters, L-BFGS touched ~2.7 GB of new pages per step (1.1 GB with donation) and peaked at 3.98 GiB RSS
+#: (2.93 GiB), `python benchmarks/bench_k1000.py --churn` (benchmarks/results/scale_cpu.md)
+_advance = jax.jit(_advance_loop, static_argnames=("solver", "shape", "length", "every"), donate_argnums=(1,))
 
 #: static length of one chunk's trace buffers, and the wall time a chunk aims at (Ctrl-C and progress latency)
 CHUNK_LENGTH = 256
