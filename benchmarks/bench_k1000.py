@@ -45,7 +45,8 @@ print(json.dumps(dict(status=sol.status.name, grad_norm=sol.grad_norm, f=sol.obj
 
 def unpack(rev: str, into: str) -> str:
     data = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "ufm"], check=True, capture_output=True).stdout
-    tarfile.open(fileobj=io.BytesIO(data)).extractall(into)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(into)
     return into
 
 
@@ -74,36 +75,32 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         before = unpack(args.before, tmp)
         after = str(ROOT)
-        if args.churn:
-            print(f"load before: {load()}\n")
-            print("| K | d | n | solver | steps | side | value+grad | HVPs | solve s | user s | sys s | minor faults "
-                  "| faults/step | peak RSS GiB |")
-            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-            for spec in args.churn:
-                K, d, n, solver, steps = spec.split(",")
-                for side, path in (("before", before), ("after", after)):
-                    r = run(path, K, d, n, solver, steps)
-                    print(f"| {K} | {d} | {n} | {solver} | {r['steps']} | {side} | {r['work']['value_grad']} | "
-                          f"{r['work']['hvp']} | {r['solve_s']:.1f} | {r['user_s']:.1f} | {r['sys_s']:.1f} | "
-                          f"{r['minflt']:,} | {r['minflt'] / max(r['steps'], 1):,.0f} | {r['maxrss_gib']:.2f} |",
-                          flush=True)
-            print(f"\nload after: {load()}\n")
-        if args.ladder:
-            print(f"load before: {load()}\n")
-            print("| K | d | n | solver | side | status | ‖∇f‖ | f | stage steps | value+grad | HVPs | Newton steps "
-                  "| solve s | sys s | peak RSS GiB |")
-            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-            for spec in args.ladder:
-                K, d, n = spec.split(",")
-                for solver in args.solvers.split(","):
-                    for side, path in (("before", before), ("after", after)):
-                        r = run(path, K, d, n, solver, 10000)
-                        w = r["work"]
-                        print(f"| {K} | {d} | {n} | {solver} | {side} | {r['status']} | {r['grad_norm']:.1e} | "
-                              f"{r['f']:.15g} | {'+'.join(map(str, r['stage_steps']))} | {w['value_grad']} | "
-                              f"{w['hvp']} | {w['newton_steps']} | {r['solve_s']:.1f} | {r['sys_s']:.1f} | "
-                              f"{r['maxrss_gib']:.2f} |", flush=True)
-            print(f"\nload after: {load()}")
+        churn = [(*spec.split(",")[:4], spec.split(",")[4]) for spec in args.churn]
+        ladder = [(*spec.split(","), solver, 10000) for spec in args.ladder for solver in args.solvers.split(",")]
+        table(churn, before, after, ("steps", "value+grad", "HVPs", "solve s", "user s", "sys s", "minor faults",
+                                     "faults/step", "peak RSS GiB"),
+              lambda r: (r["steps"], r["work"]["value_grad"], r["work"]["hvp"], f"{r['solve_s']:.1f}",
+                         f"{r['user_s']:.1f}", f"{r['sys_s']:.1f}", f"{r['minflt']:,}",
+                         f"{r['minflt'] / max(r['steps'], 1):,.0f}", f"{r['maxrss_gib']:.2f}"))
+        table(ladder, before, after, ("status", "‖∇f‖", "f", "stage steps", "value+grad", "HVPs", "Newton steps",
+                                      "solve s", "sys s", "peak RSS GiB"),
+              lambda r: (r["status"], f"{r['grad_norm']:.1e}", f"{r['f']:.15g}", "+".join(map(str, r["stage_steps"])),
+                         r["work"]["value_grad"], r["work"]["hvp"], r["work"]["newton_steps"], f"{r['solve_s']:.1f}",
+                         f"{r['sys_s']:.1f}", f"{r['maxrss_gib']:.2f}"))
+
+
+def table(specs, before, after, columns, cells):
+    """One markdown table: a row per spec (K, d, n, solver, steps) and side, before and after alternating."""
+    if not specs:
+        return
+    print(f"load before: {load()}\n")
+    print("| K | d | n | solver | side | " + " | ".join(columns) + " |")
+    print("|" + "---|" * (5 + len(columns)))
+    for K, d, n, solver, steps in specs:
+        for side, path in (("before", before), ("after", after)):
+            r = run(path, K, d, n, solver, steps)
+            print(f"| {K} | {d} | {n} | {solver} | {side} | " + " | ".join(map(str, cells(r))) + " |", flush=True)
+    print(f"\nload after: {load()}\n")
 
 
 if __name__ == "__main__":
