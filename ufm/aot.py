@@ -62,14 +62,19 @@ def enable(folder: str) -> Optional[str]:
         # accelerator backends set up more foreign-function handlers while lowering (GPU solvers); their start-up
         # is not this store's concern: JAX's compilation cache alone serves them
         return None
-    try:
-        os.makedirs(folder, exist_ok=True)
-        if not os.access(folder, os.W_OK | os.X_OK):
-            return None
-    except OSError:
+    if not writable_folder(folder):
         return None
     _folder = folder
     return folder
+
+
+def writable_folder(path: str) -> bool:
+    """Create ``path`` if need be; whether this process can write in it (a cache that cannot is simply not used)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        return os.access(path, os.W_OK | os.X_OK)
+    except OSError:
+        return False
 
 
 def disable() -> None:

@@ -64,11 +64,7 @@ def enable(path: Optional[str] = None) -> Optional[str]:
         aot.disable()
         return None
     path = path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("UFM_CACHE_DIR") or default_dir()
-    try:
-        os.makedirs(path, exist_ok=True)
-        if not os.access(path, os.W_OK | os.X_OK):
-            return None
-    except OSError:
+    if not aot.writable_folder(path):
         return None
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", path)
