@@ -170,6 +170,19 @@ def test_donated_arguments_and_a_failing_copy(store, monkeypatch):
     assert _files(store) == []
 
 
+def test_a_killed_store_leaves_no_temporary_file_for_long(store):
+    with jax.enable_x64(True):
+        _fresh()(np.arange(2.0), 5, mode="plus")
+        (path,) = _files(store)
+        old, new = path.parent / ".tmp-killed.exe", path.parent / ".tmp-writing.exe"
+        for p in (old, new):
+            p.write_bytes(b"half a file")
+        os.utime(old, (0, 0))
+        aot._tidied.discard(str(path.parent))                  # as in a new process
+        _fresh()(np.arange(2.0), 5, mode="plus")
+    assert not old.exists() and new.exists()                   # another process may be writing the recent one
+
+
 def test_an_edit_to_ufm_is_a_new_key_and_stale_folders_go(store, monkeypatch):
     stale = store / "0123456789abcdef"
     stale.mkdir(parents=True)

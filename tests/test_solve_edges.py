@@ -260,6 +260,24 @@ def test_ctrl_c_stops_a_long_solve_within_seconds(tmp_path, sig, said):
     assert said in proc.stderr.read()
 
 
+def test_verbose_log_has_a_line_per_stage_and_per_minute_of_a_long_stage(capsys, monkeypatch):
+    # a batch job's log (stderr not a terminal) must show how far a long solve got before it was killed: a stage
+    # that ran 20 minutes left one line in w2's (1000, 512, 10) run
+    from ufm.commands import SolveProgress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    progress = SolveProgress(verbose=True)
+    ev = dict(f=1.0, grad_norm=1e-3, rel_grad_norm=1e-2, done=False)
+    times = [(0.5, "newton-cg"), (30.0, "newton-cg"), (61.0, "newton-cg"), (100.0, "newton-cg"), (125.0, "newton-cg"),
+             (126.0, "lbfgs"), (127.0, "lbfgs")]
+    for step, (elapsed, stage) in enumerate(times):
+        progress(dict(ev, stage=stage, step=step, elapsed=elapsed))
+    progress(dict(ev, stage="done", step=7, elapsed=130.0, done=True, status="converged"))
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.rsplit(" ", 2)[-2] for line in lines] == ["0.5", "61.0", "125.0", "126.0", "130.0"], lines
+    assert "lbfgs step 5" in lines[3] and "converged after 7 steps" in lines[-1]
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")   # the dropped raise, on purpose
 def test_a_signal_swallowed_by_a_gc_callback_still_stops_the_solve(monkeypatch):
     # measured under load: SIGTERM's raise landed in JAX's garbage-collector callback, Python dropped it ("Exception

@@ -192,6 +192,9 @@ def _load(path: str):
 #: a folder of executables for another ufm/JAX/host that gained no entry for this long is removed when a new one is
 #: made: an upgrade leaves the old entries unreachable, and they would otherwise pile up
 STALE_SECONDS = 7 * 24 * 3600
+#: a temporary file older than this belongs to no running store (writing one takes well under a second)
+TEMPORARY_SECONDS = 3600
+_tidied: set = set()
 
 
 def _environment_folder() -> str:
@@ -209,6 +212,16 @@ def _environment_folder() -> str:
                     shutil.rmtree(other, ignore_errors=True)
         except OSError:
             pass                        # unwritable: loads miss and stores fail quietly, the run goes on
+    elif path not in _tidied:
+        # once a process: a store killed between writing its temporary file and renaming it left the file behind
+        _tidied.add(path)
+        try:
+            now = time.time()
+            for name in os.listdir(path):
+                if name.startswith(".tmp-") and now - os.path.getmtime(os.path.join(path, name)) > TEMPORARY_SECONDS:
+                    _remove(os.path.join(path, name))
+        except OSError:
+            pass
     return path
 
 

@@ -47,7 +47,11 @@ def _check_save_folder(path):
 
 class SolveProgress:
     """Solver progress on stderr: one rewritten line on a terminal (stage, step, f, ‖∇f‖, elapsed, at most five
-    times a second), or, with ``verbose`` when stderr is not a terminal (nohup, batch jobs), one line per stage."""
+    times a second), or, with ``verbose`` when stderr is not a terminal (nohup, batch jobs), one line per stage and
+    one every LOG_EVERY_SECONDS of a long stage (a killed batch job then shows how far it got)."""
+
+    #: seconds between log lines within one stage when stderr is not a terminal
+    LOG_EVERY_SECONDS = 60.0
 
     def __init__(self, verbose: bool = False, label: str = "solve"):
         self.tty = sys.stderr.isatty()
@@ -56,6 +60,7 @@ class SolveProgress:
         self.last_draw = 0.0
         self.stage = None
         self.drawn = False
+        self.last_logged = 0.0
 
     def __call__(self, ev: dict) -> None:
         import time
@@ -72,7 +77,9 @@ class SolveProgress:
                 sys.stderr.write("\r\033[K" + line)
                 sys.stderr.flush()
                 self.last_draw, self.drawn = now, True
-        elif self.verbose and (ev["done"] or ev["stage"] != self.stage):
+        elif self.verbose and (ev["done"] or ev["stage"] != self.stage
+                               or ev["elapsed"] - self.last_logged >= self.LOG_EVERY_SECONDS):
+            self.last_logged = ev["elapsed"]
             if ev["done"]:
                 line = f"{self.label}: {ev['status']} after {ev['step']} steps, ‖∇f‖ = {ev['grad_norm']:.2e}, {ev['elapsed']:.1f} s"
             sys.stderr.write(line + "\n")
