@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--save", metavar="PATH.npz", help="write W, H, b, labels and the record to an .npz")
     sp.add_argument("--trace-every", type=_int_min(0), default=0, metavar="K",
                     help="with --save: keep every K-th iterate's NC metrics for `ufm plot dynamics` (default 0: off)")
-    sp.add_argument("--verbose", action="store_true", help="log each solver stage on stderr even when it is not a "
-                    "terminal (a terminal always shows a progress line)")
+    sp.add_argument("--verbose", action="store_true", help="log each solver stage, and each minute of a long one, on "
+                    "stderr even when it is not a terminal (a terminal always shows a progress line)")
     sp.set_defaults(func=cmd_solve)
 
     lp = sub.add_parser("landscape", help="Hessian spectra and classification of critical points (saddles, minima)",
