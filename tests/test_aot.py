@@ -51,7 +51,7 @@ def test_a_second_process_runs_what_the_first_compiled(tmp_path):
     assert _without_times(second) == _without_times(first)
 
 
-@pytest.mark.parametrize("switch", ["UFM_NO_CACHE", "UFM_NO_EXECUTABLES"])
+@pytest.mark.parametrize("switch", ["UFM_NO_CACHE", pytest.param("UFM_NO_EXECUTABLES", marks=pytest.mark.slow)])
 def test_off_with_no_cache(tmp_path, switch):
     _, stats = _run(tmp_path / "cache", *ARGS, "--no-bounds", **{switch: "1"})      # the solve alone: a cold one
     assert stats == {"loaded": 0, "stored": 0, "compiled": 0, "rejected": 0, "code": 0}

@@ -193,11 +193,13 @@ def check_chain(configs, tmp_path, name="shared"):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# default tier: a few commands that share every executable but one static (≈ 20 s of CPU)
+# a few commands that share every executable but one static (≈ 20 s of CPU: in the slow tier with the rest of this
+# file, as the default run must stay under 5 minutes; tests/test_aot.py keeps in-process checks of the same key there)
 
 BASE = ["solve", "-K", "3", "-d", "4", "-n", "3,3,2", "--lam", "1e-2", "--no-bounds", "--max-steps", "400"]
 
 
+@pytest.mark.slow
 def test_focal_gamma_then_another_gamma_then_float32_share_one_folder(tmp_path):
     """FL γ = 1, then γ = 2 (same shapes and functions: only the loss static differs), then γ = 2 in float32, in one
     folder: the second and third must not pick up the first's executables. The first again (warm) must load all."""
