@@ -146,6 +146,11 @@ class _PersistentJit:
                 # stands, and the next process compiles.
                 try:
                     out = jax.block_until_ready(compiled(*dynamic[0], **dynamic[1]))
+                except TypeError:
+                    # the file holds a program for other arguments (JAX checks them before running anything, so
+                    # nothing was donated): compile the right one
+                    _counts["rejected"] += 1
+                    _remove(path)
                 except Exception:
                     _counts["rejected"] += 1
                     _remove(path)
