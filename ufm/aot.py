@@ -5,18 +5,18 @@ each jitted function to a jaxpr and lowers it to MLIR before it can look the pro
 that was most of a warm command's JAX time (benchmarks/bench_startup.py: 0.36 s tracing and 0.55 s lowering against
 0.09 s loading, README). :func:`jit` is ``jax.jit`` plus a second, per-executable store: on a call it looks for the
 program already compiled for these static arguments and argument types, loads it with
-``jax.experimental.serialize_executable`` and runs it, and on a miss lowers, compiles (through JAX's cache), runs and
-saves it.
+``jax.experimental.serialize_executable`` and runs it, and on a miss lowers, compiles (past JAX's cache: see
+:func:`_past_jax_cache`), runs and saves it.
 
 The key of a saved executable holds everything the program depends on: the function's name, a digest of every source
 file of the ufm package (an edit invalidates every entry), the JAX and jaxlib versions, the backend, its devices and
 the host's CPU features (XLA:CPU compiles for the host), ``XLA_FLAGS``, JAX's trace-affecting settings (x64, matmul
-precision, promotion rules, …), the static arguments and the shapes, dtypes and weak types of the others. Static arguments enter by value and only when they are built of
-plain data (numbers, strings, tuples, enums, frozen dataclasses and NamedTuples of those, ufm's own module-level
-functions); anything else, such as a user-supplied loss function, is simply compiled as ``jax.jit`` would, never
-stored. JAX's compile-time settings and the versions and locations of the libraries traced code runs (optax,
-matfree, numpy) are in the key as well; an edit made in place to an installed library is not seen (delete the
-folder then). Each file carries a checksum, and only fresh compilations are stored. A failed load or store, a damaged
+precision, promotion rules, …), the static arguments and the shapes, dtypes and weak types of the others. Static
+arguments enter by value and only when they are built of plain data (numbers, strings, tuples, enums, frozen
+dataclasses and NamedTuples of those, ufm's own module-level functions); anything else, such as a user-supplied loss
+function, is simply compiled as ``jax.jit`` would, never stored. JAX's compile-time settings and the versions and
+locations of the libraries traced code runs (optax, matfree, numpy) are in the key as well; an edit made in place to
+an installed library is not seen (delete the folder then). Each file carries a checksum, and only fresh compilations are stored. A failed load or store, a damaged
 file, or a loaded executable that fails its first run only means compiling again.
 
 On when :func:`ufm.cache.enable` turned the compilation cache on (the ``ufm`` command), in its folder's
@@ -82,10 +82,6 @@ def disable() -> None:
     _folder = None
 
 
-def folder() -> Optional[str]:
-    return _folder
-
-
 def stats() -> dict:
     """This process's executables loaded from the folder, stored to it, compiled for lack of one, and loaded but
     rejected (they failed their first run here and were compiled again)."""
@@ -146,15 +142,11 @@ class _PersistentJit:
                 # stands, and the next process compiles.
                 try:
                     out = jax.block_until_ready(compiled(*dynamic[0], **dynamic[1]))
-                except TypeError:
-                    # the file holds a program for other arguments (JAX checks them before running anything, so
-                    # nothing was donated): compile the right one
+                except Exception as exc:
                     _counts["rejected"] += 1
                     _remove(path)
-                except Exception:
-                    _counts["rejected"] += 1
-                    _remove(path)
-                    if self._donated_names:
+                    # a TypeError is a program for other arguments, refused before anything ran (nothing donated)
+                    if self._donated_names and not isinstance(exc, TypeError):
                         raise
                 else:
                     self._loaded[key] = compiled

@@ -35,8 +35,13 @@ def default_dir() -> str:
     return os.path.join(base, "ufm", "jax")
 
 
+def _env_flag(name: str) -> bool:
+    """Whether an on/off variable is set to anything but empty, 0, false or no."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def disabled_by_env() -> bool:
-    return os.environ.get("UFM_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no")
+    return _env_flag("UFM_NO_CACHE")
 
 
 def _count(event: str, **_kw) -> None:
@@ -76,10 +81,10 @@ def enable(path: Optional[str] = None) -> Optional[str]:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(MIN_COMPILE_SECONDS))
     # whole executables beside it (ufm.aot): a warm process then skips tracing and lowering as well
     # (UFM_NO_EXECUTABLES=1 keeps JAX's cache alone: benchmarks/bench_startup.py compares the two)
-    if os.environ.get("UFM_NO_EXECUTABLES", "").strip().lower() in ("", "0", "false", "no"):
-        aot.enable(os.path.join(path, "executables"))
-    else:
+    if _env_flag("UFM_NO_EXECUTABLES"):
         aot.disable()
+    else:
+        aot.enable(os.path.join(path, "executables"))
     if not _listening:
         from jax import monitoring
 

@@ -20,7 +20,6 @@ never from what a theorem says should happen:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from typing import NamedTuple, Optional
@@ -35,7 +34,7 @@ from .hessian import DENSE_MAX_PARAMS, MatrixFree, NonFiniteCurvature, dense_hes
 from .losses import CrossEntropy, LabelSmoothing, RescaledMSE
 from .model import Params, data_term, flatten, unflatten
 from .problem import Problem
-from .symmetry import RANK_ATOL, RANK_RTOL, orbit_tangent, project, projector_matrix
+from .symmetry import RANK_ATOL, RANK_RTOL, orbit_tangent, projector_matrix
 from .theory import phi_prime0, theory_optimum
 
 CLASSES = ("global_minimizer", "spurious_local_minimizer", "local_minimizer", "strict_saddle", "degenerate",

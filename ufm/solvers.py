@@ -124,7 +124,6 @@ def _validate_run_args(seed, init_scale, gtol, max_steps, dtype, rtol=None):
         raise UFMInputError("--dtype", dtype, "use float64 (certification) or float32")
 
 
-
 #: static length of one chunk's trace buffers, and the wall time a chunk aims at (Ctrl-C and progress latency)
 CHUNK_LENGTH = 256
 CHUNK_SECONDS = 0.25
