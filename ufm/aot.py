@@ -16,8 +16,9 @@ arguments enter by value and only when they are built of plain data (numbers, st
 dataclasses and NamedTuples of those, ufm's own module-level functions); anything else, such as a user-supplied loss
 function, is simply compiled as ``jax.jit`` would, never stored. JAX's compile-time settings and the versions and
 locations of the libraries traced code runs (optax, matfree, numpy) are in the key as well; an edit made in place to
-an installed library is not seen (delete the folder then). Each file carries a checksum, and only fresh compilations are stored. A failed load or store, a damaged
-file, or a loaded executable that fails its first run only means compiling again.
+an installed library is not seen (delete the folder then). Each file carries a checksum, and only fresh compilations
+are stored. A failed load or store, a damaged file, or a loaded executable that fails its first run only means
+compiling again.
 
 On when :func:`ufm.cache.enable` turned the compilation cache on (the ``ufm`` command), in its folder's
 ``executables/`` subfolder; off otherwise, and with ``UFM_NO_CACHE=1``. Loading an executable runs
