@@ -7,6 +7,9 @@ import tempfile
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ufm-tests-jax-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# no test's `ufm` process hands its command to a `ufm serve` the developer may have running (tests/test_server.py
+# starts its own, with this variable removed)
+os.environ.setdefault("UFM_SERVER", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import types
+import weakref
 from typing import Optional
 
 import jax
@@ -50,6 +51,7 @@ _folder: Optional[str] = None
 _counts = {"loaded": 0, "stored": 0, "compiled": 0, "rejected": 0}
 _environment: Optional[str] = None
 _prepared = False
+_instances: "weakref.WeakSet" = weakref.WeakSet()
 
 
 class _Unstable(Exception):
@@ -83,6 +85,12 @@ def disable() -> None:
     _folder = None
 
 
+def clear_memory() -> None:
+    """Forget the executables this process loaded or compiled (the files stay): a long-lived server's memory bound."""
+    for instance in list(_instances):
+        instance._loaded.clear()
+
+
 def stats() -> dict:
     """This process's executables loaded from the folder, stored to it, compiled for lack of one, and loaded but
     rejected (they failed their first run here and were compiled again)."""
@@ -108,6 +116,7 @@ class _PersistentJit:
         self._name = f"{fun.__module__}.{fun.__qualname__}"
         self._loaded: dict = {}
         functools.update_wrapper(self, fun)
+        _instances.add(self)
 
     def lower(self, *args, **kwargs):
         return self._jitted.lower(*args, **kwargs)
@@ -376,12 +385,9 @@ def _environment_digest() -> str:
     if _environment is None:
         import jaxlib
 
-        h = hashlib.sha256()
-        package = os.path.dirname(os.path.abspath(__file__))
-        for name in sorted(os.listdir(package)):
-            if name.endswith(".py"):
-                with open(os.path.join(package, name), "rb") as fh:
-                    h.update(name.encode() + b"\0" + fh.read() + b"\0")
+        from .fingerprint import sources_digest
+
+        h = hashlib.sha256(sources_digest())
         devices = jax.devices()
         h.update(repr(_libraries()).encode())
         h.update(repr((jax.__version__, jaxlib.__version__, sys.version_info[:2], devices[0].platform,

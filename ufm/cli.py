@@ -12,7 +12,8 @@ import math
 import re
 import sys
 
-from .commands import EXIT_BAD_INPUT, EXIT_OK, PLOT_KINDS, cmd_analyze, cmd_landscape, cmd_plot, cmd_solve, cmd_sweep
+from .commands import (EXIT_BAD_INPUT, EXIT_OK, PLOT_KINDS, cmd_analyze, cmd_landscape, cmd_plot, cmd_serve, cmd_solve,
+                       cmd_sweep)
 
 
 #: what argparse may take as a negative number rather than an option: with exponents, so that ``--lam-w -1e-3``
@@ -257,7 +258,35 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--dpi", type=_int_min(1), default=130, help="raster resolution, 30..1200 (default 130)")
     pp.set_defaults(func=cmd_plot)
     add_analyze_parser(sub)
+    add_serve_parser(sub)
     return parser
+
+
+def add_serve_parser(sub) -> None:
+    """``ufm serve``: one warm process for the short commands (ufm.server, ufm.client)."""
+    sv = sub.add_parser("serve", help="keep one warm process that runs solve, landscape and analyze (no start-up cost)",
+                        description="Keep one warm ufm process: while it runs, `ufm solve`, `ufm landscape` and `ufm "
+                                    "analyze`\nrun in it instead of starting Python and JAX afresh (same output, exit "
+                                    "status, files,\nCtrl-C). Only a server of this very installation and environment "
+                                    "is used; one command\nat a time (another runs as usual); UFM_SERVER=0 keeps a "
+                                    "command off it.\n\nexamples:\n  ufm serve --background\n  ufm serve --status\n"
+                                    "  ufm serve --stop",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = sv.add_mutually_exclusive_group()
+    what.add_argument("--background", action="store_true", help="start it detached and return once it answers")
+    what.add_argument("--status", action="store_true", help="say whether one runs for this installation, and its state")
+    what.add_argument("--stop", action="store_true", help="stop it (after the command it is running, if any)")
+    sv.add_argument("--idle-minutes", type=_positive_float, default=30.0, metavar="M",
+                    help="stop after M minutes without a command (default 30)")
+    sv.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    sv.set_defaults(func=cmd_serve, needs_jax=False)
+
+
+def _positive_float(text):
+    v = _float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"got {text!r}; must be a number > 0")
+    return v
 
 
 def add_analyze_parser(sub) -> None:
@@ -301,15 +330,25 @@ def add_analyze_parser(sub) -> None:
     ap.set_defaults(func=cmd_analyze)
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, handle_signals: bool = True) -> int:
     """Run one command; return its exit status. Every failure ends as one line on stderr, never a traceback
     (``UFM_DEBUG=1`` re-raises unexpected errors for a bug report): 2 bad input (checked before any work), 3 not
     converged or not a minimiser, 4 result printed but an output file not written, 130 interrupted (Ctrl-C or
-    SIGTERM), 1 an internal error."""
+    SIGTERM), 1 an internal error.
+
+    Called as the program (``argv`` None), a command runs on this installation's ``ufm serve`` server when one
+    answers (ufm.client says which commands and when). ``handle_signals=False`` is for that server, which handles
+    signals itself."""
     import os
 
     if sys.stdout is None:                   # started with stdout closed (`>&-`): results go nowhere, as with a pipe
         sys.stdout = open(os.devnull, "w")
+    if argv is None:
+        from . import client
+
+        status = client.run(sys.argv[1:])
+        if status is not None:
+            return status
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -323,11 +362,15 @@ def main(argv=None) -> int:
 
     # a batch scheduler's SIGTERM is handled like Ctrl-C: the same clean stop (a sweep stores what it finished and
     # says so), instead of dying mid-write; both are recorded as well as raised, so none is lost (signals.py)
+    previous = None
     try:
-        previous = signals.install()
+        if handle_signals:
+            previous = signals.install()
     except ValueError:                      # not the main thread (embedded use): leave signals alone
-        previous = None
+        pass
     try:
+        if not getattr(args, "needs_jax", True):
+            return args.func(args)
         import jax
 
         jax.config.update("jax_enable_x64", True)   # before any computation: certification needs float64

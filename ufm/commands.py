@@ -496,3 +496,74 @@ def cmd_analyze(args) -> int:
                   bounds=not args.no_bounds, gamma=args.gamma, alpha=args.alpha, kappa=args.kappa, beta=args.beta)
     emit(to_json(rec) if args.json else render_analysis(rec))
     return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    """``ufm serve``: run, start, stop or describe this installation's server (ufm.server). Exit 0 whatever the state
+    found (a stop with none running, a start with one running): the state asked for holds afterwards."""
+    import json
+    import time
+
+    from . import client, server
+
+    path = client.socket_path()
+    if path is None:
+        return _serve_failed(("no private folder with room for its socket (XDG_RUNTIME_DIR, else the temporary folder: it must be "
+                             "ours, closed to others, and its path short)"))
+
+    def say(record: dict, text: str) -> int:
+        emit(json.dumps(record) if args.json else text)
+        return EXIT_OK
+
+    def described(reply: dict) -> str:
+        up = (time.time() - reply["started"]) / 60
+        return (f"pid {reply['pid']}, up {up:.0f} min, {reply['commands']} commands run, "
+                f"{'running one now' if reply['busy'] else 'idle'}, stops after {reply['idle_minutes']:g} idle minutes; "
+                f"log {server.log_path(reply['socket'])}")
+
+    if args.status:
+        reply = client.ask(client.STATUS)
+        if reply is None:
+            return say({"running": False, "socket": path}, "ufm serve: no server runs for this installation")
+        return say(dict(reply, running=True), f"ufm serve: running ({described(reply)})")
+    if args.stop:
+        reply = client.ask(client.QUIT)
+        if reply is None:
+            return say({"running": False, "stopped": False, "socket": path},
+                       "ufm serve: no server runs for this installation")
+        deadline = time.monotonic() + 10
+        while not reply["busy"] and time.monotonic() < deadline and os.path.exists(path):
+            time.sleep(0.05)
+        return say(dict(reply, running=reply["busy"], stopped=True),
+                   f"ufm serve: the server (pid {reply['pid']}) "
+                   + ("stops after the command it is running" if reply["busy"] else "stopped"))
+    reply = client.ask(client.STATUS)
+    if reply is not None:
+        return say(dict(reply, running=True, started_now=False), f"ufm serve: already running ({described(reply)})")
+    if args.background:
+        try:
+            reply = server.start_background(path, args.idle_minutes)
+        except RuntimeError as exc:
+            return _serve_failed(str(exc))
+        return say(dict(reply, running=True, started_now=True),
+                   f"ufm serve: started (pid {reply['pid']}); `ufm solve`, `landscape` and `analyze` now run in it. It "
+                   f"stops after {args.idle_minutes:g} idle minutes or with `ufm serve --stop`; log "
+                   f"{server.log_path(path)}")
+
+    def announce(srv):
+        sys.stderr.write(f"ufm serve: listening (pid {os.getpid()}); `ufm solve`, `landscape` and `analyze` now run "
+                         f"here. Ctrl-C stops it; so do `ufm serve --stop` and {args.idle_minutes:g} idle minutes\n")
+        sys.stderr.flush()
+
+    try:
+        server.run_foreground(path, args.idle_minutes, announce)
+    except server.AlreadyRunning:
+        return say({"running": True, "started_now": False, "socket": path},
+                   "ufm serve: a server for this installation is starting or running already")
+    return EXIT_OK
+
+
+def _serve_failed(text: str) -> int:
+    """Not the user's input but this machine: one line and exit 1."""
+    sys.stderr.write(f"ufm serve: error: {text}\n")
+    return 1
