@@ -25,6 +25,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Optional
 
@@ -197,8 +198,7 @@ def _run(cmd: Command, workdir, needs) -> Outcome:
     for future in needs:
         if not _succeeded(future.result()):
             return Outcome(list(cmd.parts[0]), None, note="an earlier README command it needs failed")
-    env = dict(os.environ, MPLBACKEND="Agg",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = _environment()
     for argv in cmd.parts:
         t0 = time.perf_counter()
         try:
@@ -212,6 +212,15 @@ def _run(cmd: Command, workdir, needs) -> Outcome:
         if r.returncode != want or want != 0:
             return out                                       # `a && b`: b runs only if a exited 0
     return out
+
+
+#: a private folder for the sockets of `ufm serve`, so that the README's server is this test's own (stopped at the end)
+RUNTIME = tempfile.mkdtemp(prefix="ufm-readme-rt-")
+
+
+def _environment() -> dict:
+    return dict(os.environ, MPLBACKEND="Agg", XDG_RUNTIME_DIR=RUNTIME,
+                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
 
 
 def _succeeded(outcome: Outcome) -> bool:
@@ -229,6 +238,8 @@ def outcomes(tmp_path_factory):
             futures[i] = pool.submit(_run, cmd, workdir, [futures[j] for j in DEPS[i]])
     yield futures
     pool.shutdown(wait=True, cancel_futures=True)
+    subprocess.run([sys.executable, "-m", "ufm", "serve", "--stop"], env=_environment(), capture_output=True,
+                   timeout=60)
 
 
 @pytest.mark.parametrize("index", range(len(COMMANDS)), ids=[f"L{c.line}-{c.parts[0][1]}" for c in COMMANDS])

@@ -27,6 +27,7 @@ import struct
 import sys
 import threading
 import time
+import warnings
 from typing import Optional
 
 from . import client
@@ -297,6 +298,10 @@ class Server:
         command = client.command_of(request["argv"]) or ""
         from . import signals
 
+        # each command shows its warnings as a process of its own would: Python shows a warning once per place and
+        # process, and forgets which it showed when its filters change
+        if hasattr(warnings, "_filters_mutated"):
+            warnings._filters_mutated()
         try:
             try:
                 signals._pending = None
