@@ -7,6 +7,7 @@ which has a line per command it ran. Every subprocess has a timeout, so a hung s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -216,64 +217,51 @@ def test_other_settings_mean_another_server(served, tmp_path):
     assert _served(served, argv) == 0
 
 
-def test_ctrl_c_stops_the_served_command_and_the_server_goes_on(served):
-    argv = LONG + ["--seed", "11"]
-    p = subprocess.Popen([sys.executable, "-m", "ufm", *argv], env=served, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def _long_command(env, seed: int, **streams):
+    """A served command that would run for minutes, once the server says it is running it; killed at the end."""
+    argv = LONG + ["--seed", str(seed)]
+    p = subprocess.Popen([sys.executable, "-m", "ufm", *argv], env=env, text=True, **streams)
     try:
-        _wait(lambda: _status(served)["busy"], 60, "the long command to start on the server")
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=30)
+        _wait(lambda: _status(env)["busy"], 60, "the long command to start on the server")
+        yield p, argv
     finally:
         p.kill()
+        p.wait(timeout=30)
+
+
+def test_ctrl_c_stops_the_served_command_and_the_server_goes_on(served):
+    with _long_command(served, 11, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as (p, _):
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
     assert p.returncode == 130 and "ufm solve: interrupted" in err, err
     _wait(lambda: not _status(served)["busy"], 30, "the server to be free")
     assert _ufm(["solve", *SMALL, "--no-bounds"], served).returncode == 0
 
 
 def test_sigterm_to_the_client_stops_the_served_command(served):
-    argv = LONG + ["--seed", "12"]
-    p = subprocess.Popen([sys.executable, "-m", "ufm", *argv], env=served, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    try:
-        _wait(lambda: _status(served)["busy"], 60, "the long command to start on the server")
+    with _long_command(served, 12, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as (p, _):
         p.terminate()
         out, err = p.communicate(timeout=30)
-    finally:
-        p.kill()
     assert p.returncode == 130 and "ufm solve: terminated (SIGTERM)" in err, err
 
 
 def test_a_killed_client_frees_the_server(served):
-    argv = LONG + ["--seed", "13"]
-    p = subprocess.Popen([sys.executable, "-m", "ufm", *argv], env=served, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    try:
-        _wait(lambda: _status(served)["busy"], 60, "the long command to start on the server")
+    with _long_command(served, 13, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as (p, argv):
         p.kill()
         p.wait(timeout=30)
         _wait(lambda: not _status(served)["busy"], 30, "the server to drop the dead client's command")
-    finally:
-        p.kill()
     assert re.search(re.escape(" ".join(argv)) + r" → 130 .*its client left", _log(served))
 
 
 def test_a_second_command_runs_here_while_the_server_is_busy(served):
-    argv = LONG + ["--seed", "14"]
     short = ["solve", *SMALL, "--no-bounds", "--seed", "99"]
-    p = subprocess.Popen([sys.executable, "-m", "ufm", *argv], env=served, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    try:
-        _wait(lambda: _status(served)["busy"], 60, "the long command to start on the server")
+    with _long_command(served, 14, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as (p, _):
         r = _ufm(short, served)
         assert r.returncode == 0 and "converged" in r.stdout
         assert _served(served, short) == 0
-    finally:
         p.send_signal(signal.SIGINT)
-        try:
-            p.wait(timeout=30)
-        finally:
-            p.kill()
+        p.wait(timeout=30)
 
 
 def test_serve_start_status_stop_and_idle_end(tmp_path):
