@@ -49,6 +49,24 @@ def in_process(tmp_path):
         signal.signal(signal.SIGUSR1, previous)
 
 
+# -- which commands a server may run ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["analyze", "/dev/stdin"], ["analyze", "/dev/fd/63"], ["analyze", "x.npz", "--W=/dev/fd/3"],
+    ["analyze", "/proc/self/cwd/x.npz"], ["solve", "--save", "/dev/stdout"], ["solve", "--save=/dev/tty"],
+])
+def test_a_path_of_the_clients_own_process_keeps_the_command_here(argv):
+    """`ufm analyze /dev/stdin < x.npz` reads the piped file here (exit 0); served, the server opened its own stdin
+    (/dev/null) and said "No data left in file", exit 2. The same holds for `<(…)` (/dev/fd/N) and /proc/self."""
+    assert not client.routable(argv)
+
+
+def test_a_link_in_the_folder_to_the_clients_stdin_keeps_the_command_here(tmp_path, monkeypatch):
+    os.symlink("/dev/stdin", tmp_path / "in.npz")
+    monkeypatch.chdir(tmp_path)
+    assert not client.routable(["analyze", "in.npz"])
+    assert client.routable(["analyze", "other.npz", "--lam-w", "5e-4", "-K", "3"])
+
+
 # -- output that the client cannot write -------------------------------------------------------------------------------
 def test_a_full_stdout_is_one_line_and_exit_4_as_here(monkeypatch, capsys):
     """`ufm solve … > /dev/full` here: "could not write standard output (No space left on device)", exit 4. Served it
@@ -69,6 +87,20 @@ def test_a_full_stdout_is_one_line_and_exit_4_as_here(monkeypatch, capsys):
     assert status == 4
     err = capsys.readouterr().err
     assert err == "ufm solve: error: could not write standard output (No space left on device)\n", err
+
+
+def test_sigterm_to_a_client_whose_server_does_not_answer_says_terminated(monkeypatch, capsys):
+    """A server stopped (SIGSTOP) mid-command: the client waits for it, and a SIGTERM ends the wait after
+    CANCEL_SECONDS (measured 10.5 s) with exit 130, worded as the command words a SIGTERM ("terminated (SIGTERM)"),
+    not "interrupted"."""
+    monkeypatch.setattr(client, "CANCEL_SECONDS", 0.3)
+    a, b = socket.socketpair()
+    with a, b:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        status = client._relay(a, 1234, "solve")
+        assert client.receive(b) == (client.SIGNAL, b"TERM")
+    assert status == 130
+    assert capsys.readouterr().err.startswith("ufm solve: terminated (SIGTERM) (the ufm server, pid 1234, did not stop")
 
 
 # -- frames stay whole -------------------------------------------------------------------------------------------------
