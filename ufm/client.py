@@ -143,7 +143,21 @@ def routable(argv: list) -> bool:
                                                                        else None)
         if value is not None and ":" in value:
             return False
-    return True
+    return not any(_of_this_process(a.split("=", 1)[-1]) for a in argv)
+
+
+#: where a path means something else in every process: its own standard streams and descriptors (``/dev/stdin``,
+#: ``<(…)`` in a shell is ``/dev/fd/63``), its terminal, its ``/proc/self``
+_PER_PROCESS = ("/dev/", "/proc/")
+
+
+def _of_this_process(word: str) -> bool:
+    """Whether ``word``, read as a path in this folder, names something only this process has: the server would open
+    its own (``ufm analyze /dev/stdin < x.npz`` read the server's empty stdin)."""
+    try:
+        return any(p.startswith(_PER_PROCESS) for p in (os.path.abspath(word), os.path.realpath(word)))
+    except (OSError, ValueError):
+        return True
 
 
 def connect(path: str, timeout: float = 1.0) -> Optional[socket.socket]:
@@ -248,11 +262,13 @@ def run(argv: list) -> Optional[int]:
 
 def _relay(sock: socket.socket, pid, command: str) -> Optional[int]:
     """Copy the server's output to ours until its exit status arrives; pass Ctrl-C and SIGTERM on."""
-    cancelled = {"at": None}
+    cancelled = {"at": None, "what": "interrupted"}
 
     def on_signal(signum, frame):
         if cancelled["at"] is None:
             cancelled["at"] = time.monotonic()
+        if signum == signal.SIGTERM:             # worded as the command words it (ufm.cli.main)
+            cancelled["what"] = "terminated (SIGTERM)"
         try:
             send(sock, SIGNAL, b"TERM" if signum == signal.SIGTERM else b"INT")
         except OSError:
@@ -268,8 +284,8 @@ def _relay(sock: socket.socket, pid, command: str) -> Optional[int]:
                 frame = receive(sock)
             except socket.timeout:
                 if cancelled["at"] is not None and time.monotonic() - cancelled["at"] > CANCEL_SECONDS:
-                    sys.stderr.write(f"ufm {command}: interrupted (the ufm server, pid {pid}, did not stop the command "
-                                     f"within {CANCEL_SECONDS:.0f} s)\n")
+                    sys.stderr.write(f"ufm {command}: {cancelled['what']} (the ufm server, pid {pid}, did not stop the "
+                                     f"command within {CANCEL_SECONDS:.0f} s)\n")
                     return 130
                 continue
             except OSError:
