@@ -77,13 +77,9 @@ def test_a_full_stdout_is_one_line_and_exit_4_as_here(monkeypatch, capsys):
     with a, b:
         client.send(b, client.STDOUT, b"f = 1.0\n")
         client.send(b, client.EXIT, json.dumps({"status": 0}).encode())
-        full = open("/dev/full", "w")
-        monkeypatch.setattr(sys, "stdout", full)
-        fd = os.dup(full.fileno())
-        try:
+        with open("/dev/full", "w") as full:
+            monkeypatch.setattr(sys, "stdout", full)
             status = client._relay(a, 1234, "solve")
-        finally:
-            os.close(fd)
     assert status == 4
     err = capsys.readouterr().err
     assert err == "ufm solve: error: could not write standard output (No space left on device)\n", err
@@ -148,11 +144,10 @@ def test_a_signal_during_a_large_write_leaves_every_frame_whole():
 
 
 # -- a client's word before its command started ------------------------------------------------------------------------
-def test_a_client_gone_before_its_command_started_does_not_have_it_run(in_process, tmp_path, monkeypatch):
-    """A client that leaves (killed, Ctrl-C before the server's answer, its ACCEPT_SECONDS over) while its request
-    waits: its command must not run for nobody. Measured before: a departed client's 1e6-step solve kept the server
-    busy for 435 s, every other command meanwhile running without it. The main thread is slowed here as a loaded
-    machine slows it, so that the client's departure is seen before the command starts."""
+@pytest.fixture
+def slow_start(monkeypatch):
+    """The server's main thread slowed between taking a request and starting its command, as a loaded machine slows
+    it: what the client sends at once is then read before the command starts."""
     real_text = server._text
 
     def slow_text(*args, **kwargs):
@@ -160,6 +155,13 @@ def test_a_client_gone_before_its_command_started_does_not_have_it_run(in_proces
         return real_text(*args, **kwargs)
 
     monkeypatch.setattr(server, "_text", slow_text)
+
+
+def test_a_client_gone_before_its_command_started_does_not_have_it_run(in_process, slow_start, tmp_path):
+    """A client that leaves (killed, Ctrl-C before the server's answer, its ACCEPT_SECONDS over) while its request
+    waits: its command must not run for nobody. Measured before: a departed client's 1e6-step solve kept the server
+    busy for 435 s, every other command meanwhile running without it. The main thread is slowed here as a loaded
+    machine slows it (slow_start)."""
     a, b = socket.socketpair()
     b.close()
     request = client.request_for(["solve", *SMALL, "--no-bounds", "--save", "out.npz"])
@@ -169,14 +171,7 @@ def test_a_client_gone_before_its_command_started_does_not_have_it_run(in_proces
     assert "→ 130" in in_process.log.getvalue()
 
 
-def test_ctrl_c_before_the_command_started_stops_it(in_process, tmp_path, monkeypatch):
-    real_text = server._text
-
-    def slow_text(*args, **kwargs):
-        time.sleep(0.3)
-        return real_text(*args, **kwargs)
-
-    monkeypatch.setattr(server, "_text", slow_text)
+def test_ctrl_c_before_the_command_started_stops_it(in_process, slow_start, tmp_path):
     a, b = socket.socketpair()
     with b:
         client.send(b, client.SIGNAL, b"INT")     # Ctrl-C at once: it waits in the socket before the command starts
