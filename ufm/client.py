@@ -143,19 +143,50 @@ def routable(argv: list) -> bool:
                                                                        else None)
         if value is not None and ":" in value:
             return False
-    return True
+    return not any(_of_this_process(a.split("=", 1)[-1]) for a in argv)
+
+
+#: where a path means something else in every process: its own standard streams and descriptors (``/dev/stdin``,
+#: ``<(…)`` in a shell is ``/dev/fd/63``), its terminal, its ``/proc/self``
+_PER_PROCESS = ("/dev/", "/proc/")
+
+
+def _of_this_process(word: str) -> bool:
+    """Whether ``word``, read as a path in this folder, names something only this process has: the server would open
+    its own (``ufm analyze /dev/stdin < x.npz`` read the server's empty stdin)."""
+    try:
+        return any(p.startswith(_PER_PROCESS) for p in (os.path.abspath(word), os.path.realpath(word)))
+    except (OSError, ValueError):
+        return True
 
 
 def connect(path: str, timeout: float = 1.0) -> Optional[socket.socket]:
-    """A connection to the server listening at ``path``, or None (no server, a stale socket, a full queue)."""
+    """A connection to the server listening at ``path``, or None (no server, a stale socket, a full queue, or a
+    listener run by another user)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
+        ours = same_user(sock)
     except OSError:
         sock.close()
         return None
+    if not ours:
+        # the folder's checks happen before the connection, and in a shared temporary folder its name can be swapped
+        # in between (a link to another user's folder): whoever listens must be us, or it could forge results
+        sock.close()
+        return None
     return sock
+
+
+def same_user(sock: socket.socket) -> bool:
+    """Whether the other end of a Unix socket runs as this user (Linux tells; elsewhere the private folder is the
+    guard)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return uid == os.getuid()
 
 
 def ask(kind: bytes) -> Optional[dict]:
@@ -196,7 +227,15 @@ def request_for(argv: list) -> dict:
         env.setdefault("COLUMNS", str(size.columns))
         env.setdefault("LINES", str(size.lines))
     return {"argv": list(argv), "cwd": os.getcwd(), "env": env, "stdout": _terminal(sys.stdout),
-            "stderr": _terminal(sys.stderr), "pid": os.getpid()}
+            "stderr": _terminal(sys.stderr), "pid": os.getpid(), "umask": _umask()}
+
+
+def _umask() -> int:
+    """This process's file creation mask: the files a served command writes get the permissions they would get here
+    (a user's ``umask 077`` keeps a result private)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def run(argv: list) -> Optional[int]:
@@ -223,11 +262,13 @@ def run(argv: list) -> Optional[int]:
 
 def _relay(sock: socket.socket, pid, command: str) -> Optional[int]:
     """Copy the server's output to ours until its exit status arrives; pass Ctrl-C and SIGTERM on."""
-    cancelled = {"at": None}
+    cancelled = {"at": None, "what": "interrupted"}
 
     def on_signal(signum, frame):
         if cancelled["at"] is None:
             cancelled["at"] = time.monotonic()
+        if signum == signal.SIGTERM:             # worded as the command words it (ufm.cli.main)
+            cancelled["what"] = "terminated (SIGTERM)"
         try:
             send(sock, SIGNAL, b"TERM" if signum == signal.SIGTERM else b"INT")
         except OSError:
@@ -243,8 +284,8 @@ def _relay(sock: socket.socket, pid, command: str) -> Optional[int]:
                 frame = receive(sock)
             except socket.timeout:
                 if cancelled["at"] is not None and time.monotonic() - cancelled["at"] > CANCEL_SECONDS:
-                    sys.stderr.write(f"ufm {command}: interrupted (the ufm server, pid {pid}, did not stop the command "
-                                     f"within {CANCEL_SECONDS:.0f} s)\n")
+                    sys.stderr.write(f"ufm {command}: {cancelled['what']} (the ufm server, pid {pid}, did not stop the "
+                                     f"command within {CANCEL_SECONDS:.0f} s)\n")
                     return 130
                 continue
             except OSError:
@@ -269,6 +310,20 @@ def _relay(sock: socket.socket, pid, command: str) -> Optional[int]:
                     # the reader (`| head`) left: stop quietly as the command itself would, and let the server stop
                     os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
                     return 0
+                except OSError as exc:
+                    # a full disk or a file system gone read-only: what the command itself does (ufm.cli.main), one
+                    # line and exit 4 for stdout, exit 1 for stderr (its message has nowhere to go); leaving stops it
+                    # on the server. Python's own flush at exit must not fail again on what is still buffered
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+                    if kind == STDERR:
+                        return 1
+                    try:
+                        sys.stderr.write(f"ufm {command}: error: could not write standard output "
+                                         f"({exc.strerror or exc})\n")
+                        sys.stderr.flush()
+                    except OSError:
+                        pass
+                    return 4
                 printed = printed or kind == STDOUT
     finally:
         for s, handler in previous.items():

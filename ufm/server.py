@@ -23,7 +23,6 @@ import os
 import queue
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -61,21 +60,45 @@ class _Relay(io.RawIOBase):
 
 
 class _Session:
-    """One client's connection while its command runs."""
+    """One client's connection while its command runs.
+
+    Frames are written by a thread of their own, and the command waits until each is out (a slow reader slows it, as
+    a slow terminal would). A Ctrl-C raised in the command's thread then interrupts only the wait: raised inside
+    ``sendall`` it would leave half a frame on the wire, and the client would read the next frames' bytes as the rest
+    of it (measured: a 2 MiB frame cut by a signal, then the client saw no frame at all and ran the command again)."""
 
     def __init__(self, conn: socket.socket):
         self.conn = conn
         self.gone = False
-        self.lock = threading.Lock()
+        self.cancel: Optional[str] = None      # "INT" or "TERM" asked for by the client (or its departure)
+        self._frames: "queue.Queue" = queue.Queue()
+        self._sender = threading.Thread(target=self._send_frames, name="ufm-server-send", daemon=True)
+        self._sender.start()
 
     def send(self, kind: bytes, payload: bytes = b"") -> None:
-        with self.lock:
-            if self.gone:
+        if self.gone:
+            return
+        done = threading.Event()
+        self._frames.put((kind, bytes(payload), done))
+        done.wait()
+
+    def _send_frames(self) -> None:
+        while True:
+            item = self._frames.get()
+            if item is None:
                 return
-            try:
-                client.send(self.conn, kind, payload)
-            except OSError:
-                self.gone = True
+            kind, payload, done = item
+            if not self.gone:
+                try:
+                    client.send(self.conn, kind, payload)
+                except OSError:
+                    self.gone = True
+            done.set()
+
+    def close(self, seconds: float) -> None:
+        """Let the frames queued go out (for at most ``seconds``: a client that stopped reading is cut off)."""
+        self._frames.put(None)
+        self._sender.join(seconds)
 
 
 class Server:
@@ -177,6 +200,9 @@ class Server:
 
     def _forward(self, session: "_Session", what: str) -> None:
         with self.state:
+            # kept by the session: one that comes before its command started stops it at the start (a client that
+            # left, or was Ctrl-C'd, while its request waited must not have its command run for nobody)
+            session.cancel = what
             # only into this client's own command: a late word from a finished one must not stop the next
             if self.current is not session:
                 return
@@ -199,7 +225,7 @@ class Server:
                 conn.close()
 
     def _take(self, conn: socket.socket) -> None:
-        if not _same_user(conn):
+        if not client.same_user(conn):
             conn.close()
             return
         conn.settimeout(5.0)
@@ -267,6 +293,7 @@ class Server:
             left = session.gone
             session.send(EXIT, json.dumps({"status": status}).encode())
         finally:
+            session.close(client.CANCEL_SECONDS)
             try:
                 conn.shutdown(socket.SHUT_RDWR)      # wakes the connection's thread (a close alone may not)
             except OSError:
@@ -295,6 +322,8 @@ class Server:
         sys.stdout = _text(session, STDOUT, out)
         sys.stderr = _text(session, STDERR, err)
         os.environ.update(request.get("env", {}))
+        # the files it writes get the client's permissions
+        saved_umask = os.umask(request["umask"]) if isinstance(request.get("umask"), int) else None
         command = client.command_of(request["argv"]) or ""
         from . import signals
 
@@ -306,8 +335,11 @@ class Server:
             try:
                 signals._pending = None
                 with self.state:
-                    self.cancel, self.current = None, session
+                    early = session.cancel or ("TERM" if session.gone else None)
+                    self.cancel, self.current = early, session
                 try:
+                    if early is not None:            # asked for before the command started (_forward)
+                        raise signals.Terminated() if early == "TERM" else KeyboardInterrupt()
                     return cli.main(request["argv"], handle_signals=False)
                 finally:
                     with self.state:
@@ -326,6 +358,8 @@ class Server:
                 except Exception:
                     pass
             sys.stdout, sys.stderr = streams
+            if saved_umask is not None:
+                os.umask(saved_umask)
             for k, v in saved_env.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -356,15 +390,6 @@ class Server:
 def _text(session: _Session, kind: bytes, terminal: dict) -> io.TextIOWrapper:
     return io.TextIOWrapper(_Relay(session, kind, bool(terminal.get("tty"))), encoding=terminal.get("encoding") or "utf-8",
                             errors=terminal.get("errors") or "strict", line_buffering=True, write_through=True)
-
-
-def _same_user(conn: socket.socket) -> bool:
-    """Whether the peer runs as this server's user (Linux tells; elsewhere the private folder is the guard)."""
-    if not hasattr(socket, "SO_PEERCRED"):
-        return True
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _, uid, _ = struct.unpack("3i", creds)
-    return uid == os.getuid()
 
 
 def _resident_bytes() -> int:
