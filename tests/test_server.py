@@ -312,3 +312,51 @@ def test_a_server_killed_before_any_output_means_the_command_runs_here(tmp_path)
         p.kill()
     assert "stopped before the command started; running it here" in err
     assert json.loads(out)["steps"] == 3000
+
+
+@pytest.mark.parametrize("value", ["1e308", "inf", "10081"])
+def test_idle_minutes_past_a_week_are_refused(value):
+    r = _ufm(["serve", "--background", "--json", "--idle-minutes", value], dict(os.environ), timeout=30)
+    assert r.returncode == 2 and "--idle-minutes" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_foreground_server_says_it_listens_in_json(tmp_path):
+    env = _env(tempfile.mkdtemp(prefix="ufm-rt-"), str(tmp_path / "cache"))
+    p = subprocess.Popen([sys.executable, "-m", "ufm", "serve", "--json"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()                   # written once it listens
+        record = json.loads(line)
+        assert record["running"] and record["pid"] == p.pid
+        assert _status(env)["pid"] == p.pid
+        assert _ufm(["serve", "--stop"], env, timeout=30).returncode == 0
+        assert p.wait(timeout=30) == 0
+    finally:
+        p.kill()
+
+
+@pytest.mark.slow
+def test_a_server_whose_code_changed_on_disk_stops_by_itself(tmp_path):
+    """An edit of ufm makes clients look for another socket; the old server, out of their reach, stops within
+    CODE_CHECK_SECONDS instead of idling for half an hour."""
+    import shutil
+
+    import ufm
+
+    copy = tmp_path / "src"
+    shutil.copytree(os.path.dirname(ufm.__file__), copy / "ufm")
+    env = _env(tempfile.mkdtemp(prefix="ufm-rt-"), str(tmp_path / "cache"), PYTHONPATH=str(copy))
+    r = _ufm(["serve", "--background", "--json"], env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    with open(copy / "ufm" / "metrics.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    try:
+        _wait(lambda: "changed on disk: stopping" in open(server.log_path(status["socket"])).read(),
+              server.CODE_CHECK_SECONDS + 30, "the old server to notice the edit")
+        _wait(lambda: not os.path.exists(status["socket"]), 30, "the old server's socket to go")
+    finally:
+        try:
+            os.kill(status["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass

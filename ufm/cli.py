@@ -276,16 +276,20 @@ def add_serve_parser(sub) -> None:
     what.add_argument("--background", action="store_true", help="start it detached and return once it answers")
     what.add_argument("--status", action="store_true", help="say whether one runs for this installation, and its state")
     what.add_argument("--stop", action="store_true", help="stop it (after the command it is running, if any)")
-    sv.add_argument("--idle-minutes", type=_positive_float, default=30.0, metavar="M",
-                    help="stop after M minutes without a command (default 30)")
+    sv.add_argument("--idle-minutes", type=_idle_minutes, default=30.0, metavar="M",
+                    help=f"stop after M minutes without a command, 0 < M ≤ {MAX_IDLE_MINUTES} (default 30)")
     sv.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     sv.set_defaults(func=cmd_serve, needs_jax=False)
 
 
-def _positive_float(text):
+#: a week: a server is meant to outlive a working session, not the machine's uptime
+MAX_IDLE_MINUTES = 10080
+
+
+def _idle_minutes(text):
     v = _float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"got {text!r}; must be a number > 0")
+    if not 0 < v <= MAX_IDLE_MINUTES:
+        raise argparse.ArgumentTypeError(f"got {text!r}; must be a number in (0, {MAX_IDLE_MINUTES}]")
     return v
 
 

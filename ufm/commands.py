@@ -551,6 +551,8 @@ def cmd_serve(args) -> int:
                    f"{server.log_path(path)}")
 
     def announce(srv):
+        if args.json:
+            emit(json.dumps(dict(srv.status(), running=True, started_now=True)))
         sys.stderr.write(f"ufm serve: listening (pid {os.getpid()}); `ufm solve`, `landscape` and `analyze` now run "
                          f"here. Ctrl-C stops it; so do `ufm serve --stop` and {args.idle_minutes:g} idle minutes\n")
         sys.stderr.flush()

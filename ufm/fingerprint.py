@@ -20,18 +20,27 @@ _sources: bytes | None = None
 LIBRARIES = ("jax", "jaxlib", "optax", "matfree", "numpy", "scipy", "ml_dtypes", "matplotlib", "pandas")
 
 
-def sources_digest() -> bytes:
-    """SHA-256 over every ``.py`` file of the ufm package, names and contents (once a process: ~1 ms)."""
+def sources_digest(fresh: bool = False) -> bytes:
+    """SHA-256 over every ``.py`` file of the ufm package, names and contents: as they were when this process first
+    asked (~1 ms), or as they are now on disk with ``fresh``."""
     global _sources
-    if _sources is None:
+    if _sources is None or fresh:
         h = hashlib.sha256()
         package = os.path.dirname(os.path.abspath(__file__))
         for name in sorted(os.listdir(package)):
             if name.endswith(".py"):
                 with open(os.path.join(package, name), "rb") as fh:
                     h.update(name.encode() + b"\0" + fh.read() + b"\0")
-        _sources = h.digest()
+        digest = h.digest()
+        if _sources is None:
+            _sources = digest
+        return digest
     return _sources
+
+
+def code_digest(fresh: bool = False) -> bytes:
+    """The sources, the libraries and the interpreter together: what a long-lived process runs."""
+    return hashlib.sha256(sources_digest(fresh) + repr((libraries(), interpreter())).encode()).digest()
 
 
 def libraries() -> tuple:

@@ -29,9 +29,11 @@ import time
 import warnings
 from typing import Optional
 
-from . import client
+from . import client, fingerprint
 from .client import ACCEPTED, BUSY, EXIT, QUIT, REPLY, REQUEST, SIGNAL, STATUS, STDERR, STDOUT
 
+#: seconds between checks, while idle, that the code on disk is still the code this server runs
+CODE_CHECK_SECONDS = 10.0
 #: a server's memory is left to itself up to this resident size; past it, after a command, every compiled program it
 #: holds is dropped (the store on disk still has them): a long session over many shapes does not grow without bound
 MEMORY_LIMIT_BYTES = 4 << 30
@@ -116,6 +118,7 @@ class Server:
         self.started = time.time()
         self.last_active = time.monotonic()
         self._lock_fd: Optional[int] = None
+        self.code = fingerprint.code_digest()
         self._listener: Optional[socket.socket] = None
 
     # -- life cycle ---------------------------------------------------------------------------------------------------
@@ -166,8 +169,13 @@ class Server:
                     self._say(f"no command for {self.idle_seconds / 60:g} minutes: stopping")
                     break
                 try:
-                    item = self.requests.get(timeout=min(left, 60.0))
+                    item = self.requests.get(timeout=min(left, CODE_CHECK_SECONDS))
                 except queue.Empty:
+                    if fingerprint.code_digest(fresh=True) != self.code:
+                        # ufm or a library changed on disk: clients now look for another socket, so this server would
+                        # only idle out, unseen by `ufm serve --status` and out of reach of `--stop`
+                        self._say("ufm, a library or Python changed on disk: stopping")
+                        break
                     continue
                 if item is None:
                     break
