@@ -428,3 +428,46 @@ def test_a_full_disk_on_stdout_is_one_line_exit_4():
         r = subprocess.run([sys.executable, "-m", "ufm", "solve", *SMALL, "--json"], stdout=full,
                            stderr=subprocess.PIPE, text=True, timeout=300)
     assert r.returncode == 4 and "could not write standard output" in r.stderr and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("encoding, argv", [
+    ("ascii", ["solve", *SMALL, "--no-bounds"]), ("ascii", ["solve", *SMALL, "--no-bounds", "--json"]),
+    ("latin-1", ["landscape", *SMALL, "--lam", "5e-3"]), ("ascii", ["landscape", *SMALL, "--lam", "5e-3", "--json"]),
+])
+def test_an_output_encoding_without_greek_gets_escapes_not_a_crash(encoding, argv):
+    """ufm prints λ, ‖∇f‖, σ: a stream that cannot encode them (PYTHONIOENCODING, an old terminal) shows \\u escapes,
+    which JSON reads back as the same characters, instead of an internal error after the work (wt3)."""
+    env = dict(os.environ, PYTHONIOENCODING=encoding)
+    r = subprocess.run([sys.executable, "-m", "ufm", *argv], capture_output=True, env=env, timeout=300)
+    assert r.returncode == 0 and b"internal error" not in r.stderr, r.stderr
+    out = r.stdout.decode(encoding)
+    if "--json" in argv:
+        json.loads(out)
+    else:
+        assert "\\u03bb" in out or "\\u2016" in out
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_on_stdout_is_exit_4_with_buffered_human_output_too():
+    """The human summary is longer than one flush: what is still buffered must not fail again when Python exits (that
+    turned exit 4 into 120 without PYTHONUNBUFFERED: wt3)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "ufm", "solve", *SMALL], stdout=full, stderr=subprocess.PIPE,
+                           text=True, timeout=300, env=env)
+    assert r.returncode == 4 and r.stderr.count("\n") == 1 and "No space left" in r.stderr, r.stderr
+
+
+def test_an_interrupt_that_surfaces_as_another_exception_is_reported_as_the_interrupt(monkeypatch, capsys):
+    """A Ctrl-C inside `import jax` came out as ImportError ("internal error … a bug in ufm", exit 1: wt3). The
+    handler records the signal, so whatever exception it turned into is reported as the interrupt (exit 130)."""
+    from ufm import cache, signals
+
+    def interrupted_import(*a, **k):
+        signals._pending = KeyboardInterrupt
+        raise ImportError("cannot import name 'xla_client' (interrupted)")
+
+    monkeypatch.setattr(cache, "enable", interrupted_import)
+    code = main(["solve", *SMALL])
+    err = capsys.readouterr().err
+    assert code == 130 and err == "ufm solve: interrupted\n"

@@ -8,6 +8,7 @@ Exit status: 0 success, 2 bad input (one line on stderr, before any work), 3 not
 from __future__ import annotations
 
 import argparse
+import codecs
 import math
 import re
 import sys
@@ -347,6 +348,14 @@ def main(argv=None, *, handle_signals: bool = True) -> int:
 
     if sys.stdout is None:                   # started with stdout closed (`>&-`): results go nowhere, as with a pipe
         sys.stdout = open(os.devnull, "w")
+    for stream in (sys.stdout, sys.stderr):
+        # a terminal or PYTHONIOENCODING that cannot show λ or ‖∇f‖ gets \u escapes (valid in the JSON too), not a
+        # UnicodeEncodeError after the work is done
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors=_ESCAPE)
+            except (ValueError, OSError):
+                pass
     if argv is None:
         from . import client
 
@@ -391,18 +400,26 @@ def main(argv=None, *, handle_signals: bool = True) -> int:
     except BrokenPipeError:
         # the reader (`| head`) closed the pipe: stop quietly as Unix tools do, and keep Python's exit-time flush of
         # stdout from raising again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return EXIT_OK
     except OSError as exc:
         # writing the result failed (stdout on a full disk, a file system gone read-only): not a bug in ufm
         where = exc.filename or "standard output"
         sys.stderr.write(f"{prefix} could not write {where} ({exc.strerror or exc})\n")
+        if exc.filename is None:
+            _drop_stdout()                   # what is still buffered would fail again at exit (status 120)
         return 4
     except MemoryError:
         sys.stderr.write(f"{prefix} ran out of memory; use smaller sizes (ufm estimates memory before a solve, but "
                          "this step needed more than the estimate)\n")
         return EXIT_BAD_INPUT
     except Exception as exc:
+        if signals._pending is not None:
+            # a Ctrl-C or SIGTERM that landed inside an import (of JAX, early on) surfaces as an ImportError or the
+            # like; the handler recorded it, so it is reported as what it was
+            sys.stderr.write(f"ufm {args.command}: "
+                             f"{'terminated (SIGTERM)' if signals._pending is signals.Terminated else 'interrupted'}\n")
+            return 130
         if os.environ.get("UFM_DEBUG"):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -412,6 +429,36 @@ def main(argv=None, *, handle_signals: bool = True) -> int:
     finally:
         if previous is not None:
             signals.restore(previous)
+
+
+def _json_escape(exc: UnicodeEncodeError):
+    """Characters a stream cannot encode, as JSON's ``\\uXXXX`` escapes (surrogate pairs past U+FFFF): the JSON
+    document stays valid and means the same, and the human summary stays readable. Python's own backslashreplace
+    writes ``\\xb2`` for ², which JSON refuses."""
+    out = []
+    for c in exc.object[exc.start:exc.end]:
+        n = ord(c)
+        if n > 0xFFFF:
+            n -= 0x10000
+            out.append(f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{n:04x}")
+    return "".join(out), exc.end
+
+
+_ESCAPE = "ufm-json-escape"
+codecs.register_error(_ESCAPE, _json_escape)
+
+
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null: Python's flush at exit then has nowhere to fail (a served command's
+    stdout is a relay without a file descriptor, and needs nothing)."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":
