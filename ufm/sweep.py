@@ -203,8 +203,15 @@ def describe_point(p: dict) -> str:
     return f"K={p['K']} d={p['d']} n={n}{deep} {loss} {lam} seed={p['seed']}"
 
 
-def _worker_init():
+def _worker_init(executables: Optional[str] = None):
+    """A local worker's set-up: XLA single-threaded (a worker per core), and the parent's executable store when the
+    parent had one (ufm.aot: the worker then loads what an earlier sweep or worker compiled for the same settings
+    instead of tracing and lowering each program again; JAX's own cache reaches it through the environment)."""
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _SINGLE_THREAD_XLA).strip()
+    if executables is not None:
+        from . import aot
+
+        aot.enable(executables)
 
 
 def _shape_order(item):
@@ -492,12 +499,12 @@ def auto_workers(todo) -> int:
 # ------------------------------------------------------------------------------------------------ local processes
 
 
-def _worker_main(conn):
+def _worker_main(conn, executables=None):
     """A worker: evaluate the groups the parent sends, one row per message, until told to stop or orphaned."""
     # Ctrl-C reaches the whole process group; the parent alone handles it (and stops the workers with SIGTERM)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    _worker_init()
+    _worker_init(executables)
     try:
         while True:
             msg = conn.recv()
@@ -511,11 +518,18 @@ def _worker_main(conn):
         pass                     # the parent is gone: nobody to send rows to
 
 
+def _executables() -> Optional[str]:
+    """The executable store this process uses, if any (set by ufm.cache.enable, as the ``ufm`` command does)."""
+    aot = sys.modules.get("ufm.aot")
+    return None if aot is None else aot._folder
+
+
 class _Worker:
     def __init__(self, ctx):
         parent, child = ctx.Pipe()
         with _sigint_blocked():
-            self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="ufm-sweep-worker")
+            self.proc = ctx.Process(target=_worker_main, args=(child, _executables()), daemon=True,
+                                    name="ufm-sweep-worker")
             self.proc.start()
         child.close()            # the parent keeps only its end, so the worker's death reads as end-of-file
         self.conn = parent
