@@ -253,7 +253,9 @@ class NewtonStats(NamedTuple):
 
     ``hvps``: Hessian-vector products (one per CG iteration); ``evals``: value-and-gradient evaluations inside the
     line searches (the loop adds one per iterate); ``steps``: directions computed; ``cg_max``: the most CG iterations
-    one step took; ``gnorm``/``eta``: ‖∇f‖ and the forcing term of the last step (the Eisenstat–Walker memory)."""
+    one step took; ``gnorm``/``eta``: ‖∇f‖ and the forcing term of the last step (the Eisenstat–Walker memory);
+    ``nc_length``: the length of the last accepted step along a negative-curvature exit (inf before the first), where
+    the next such line search starts (``NewtonCG.line_search``)."""
 
     hvps: jax.Array
     evals: jax.Array
@@ -261,6 +263,7 @@ class NewtonStats(NamedTuple):
     cg_max: jax.Array
     gnorm: jax.Array
     eta: jax.Array
+    nc_length: jax.Array
 
 
 #: Eisenstat–Walker "choice 2" with its safeguard (SIAM J. Sci. Comput. 17(1), 1996): η_k = γ(‖g_k‖/‖g_{k−1}‖)^α,
@@ -268,6 +271,8 @@ class NewtonStats(NamedTuple):
 EW_GAMMA, EW_ALPHA, ETA_MAX = 0.9, 2.0, 0.5
 #: NewtonCG's forcing rules (how accurately CG solves each Newton system)
 FORCING = ("ew", "sqrt")
+#: NewtonCG's line searches: where the search after a negative-curvature exit starts
+LINE_SEARCHES = ("nc-memory", "backtrack")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,11 +287,24 @@ class NewtonCG:
     η. ``"sqrt"``: η = min(0.5, √‖∇f‖), the rule before (not scale-free: a small gradient asks for an accurate solve
     from the first step). Counted with ``Solution.work`` at (K, d) = (100, 100), λ = 1e-4, CE: "ew" took 223
     Hessian-vector products where "sqrt" took 372 at 1.1·10⁵ parameters, 186 against 233 at 10⁶ and 209 against 263
-    at 10⁷ (benchmarks/results/scale_cpu.md); the same f to 15 digits where compared (10⁵, 10⁶)."""
+    at 10⁷ (benchmarks/results/scale_cpu.md); the same f to 15 digits where compared (10⁵, 10⁶).
+
+    ``line_search``: where the backtracking starts after CG ends on negative curvature. There the quadratic model
+    has no minimiser along the direction, so the unit step carries no length information: the truncated direction
+    was up to 2·10⁶ long at (K, d, n) = (200, 100, 10) and the halving from t = 1 took up to 19 evaluations.
+    ``"nc-memory"`` (default) starts such a search at twice the length of the last accepted negative-curvature step
+    (t₀ = min(1, 2ℓ/‖p‖)), the initial-step-length rule of Nocedal & Wright, *Numerical Optimization* (2nd ed.,
+    2006) §3.5, which for directions without a natural scale starts from the previous iteration's step; when t₀ < 1
+    is accepted at once the step is doubled while f keeps falling (up to t = 1), so the memory can grow as well as
+    shrink. Steps whose CG ended on positive curvature keep the unit Newton step. ``"backtrack"``: every search
+    halves from t = 1 (the rule before). Counted with ``Solution.work`` over seeds 0–3 at (200, 100, 10), λ = 1e-4:
+    1112 → 720 value-and-gradients, 1899 → 1828 Hessian-vector products (benchmarks/bench_newton_ls.py,
+    benchmarks/results/scale_cpu.md)."""
 
     cg_max: int = 250
     patience: int = 25
     forcing: str = "ew"
+    line_search: str = "nc-memory"
     name = "newton-cg"
 
     def parts(self, reg, shape):
@@ -295,6 +313,9 @@ class NewtonCG:
         if self.forcing not in FORCING:
             raise UFMInputError("forcing", self.forcing, f"use one of {', '.join(FORCING)}")
         ew = self.forcing == "ew"
+        if self.line_search not in LINE_SEARCHES:
+            raise UFMInputError("line_search", self.line_search, f"use one of {', '.join(LINE_SEARCHES)}")
+        memory = self.line_search == "nc-memory"
 
         def direction(x, g, tol):
             hvp = hvp_at(x)
@@ -316,10 +337,11 @@ class NewtonCG:
                 # On negative curvature keep the last p (or −g if none yet): a descent direction either way.
                 p_out = jnp.where(negative, jnp.where(c["i"] == 0, -g, p), p_new)
                 return dict(p=p_out, r=jnp.where(negative, r, r_new), d=-r_new + beta * d,
-                            i=c["i"] + 1, done=done_now)
+                            i=c["i"] + 1, done=done_now, negative=negative)
 
-            c = jax.lax.while_loop(cond, body, dict(p=jnp.zeros_like(g), r=g, d=-g, i=0, done=gnorm == 0))
-            return c["p"], jnp.asarray(c["i"], jnp.int32)
+            c = jax.lax.while_loop(cond, body, dict(p=jnp.zeros_like(g), r=g, d=-g, i=0, done=gnorm == 0,
+                                                    negative=jnp.asarray(False)))
+            return c["p"], jnp.asarray(c["i"], jnp.int32), c["negative"]
 
         def forcing_term(gnorm, stats):
             eta = jnp.minimum(ETA_MAX, jnp.sqrt(gnorm))
@@ -335,28 +357,55 @@ class NewtonCG:
         def init(x):
             zero = jnp.asarray(0, jnp.int32)
             return NewtonStats(hvps=zero, evals=zero, steps=zero, cg_max=zero, gnorm=jnp.zeros((), x.dtype),
-                               eta=jnp.asarray(ETA_MAX, x.dtype))
+                               eta=jnp.asarray(ETA_MAX, x.dtype), nc_length=jnp.asarray(jnp.inf, x.dtype))
 
         def update(x, stats, v, g):
             gnorm = jnp.linalg.norm(g)
             eta = forcing_term(gnorm, stats)
-            p, iters = direction(x, g, eta * gnorm)
+            p, iters, negative = direction(x, g, eta * gnorm)
             slope = g @ p
+            pnorm = jnp.linalg.norm(p)
+            one = jnp.asarray(1.0, x.dtype)
+            # the first trial step: t = 1, or after a negative-curvature exit twice the last such accepted step
+            t0 = one
+            if memory:
+                t0 = jnp.where(negative & (2 * stats.nc_length < pnorm),
+                               2 * stats.nc_length / jnp.where(pnorm > 0, pnorm, 1.0), one)
+
+            def acceptable(t, v_new, g_new):
+                return jnp.isfinite(v_new) & ((v_new <= v + 1e-4 * t * slope) | (
+                    (v_new <= v + 1e-12 * jnp.abs(v)) & (jnp.linalg.norm(g_new) < gnorm)))
 
             def ls_cond(c):
                 return (c["j"] < 40) & ~c["ok"]
 
             def ls_body(c):
-                t = c["t"] * jnp.where(c["j"] == 0, 1.0, 0.5)
+                t = jnp.where(c["j"] == 0, t0, 0.5 * c["t"])
                 v_new, g_new = vg(x + t * p)
-                ok = (v_new <= v + 1e-4 * t * slope) | (
-                    (v_new <= v + 1e-12 * jnp.abs(v)) & (jnp.linalg.norm(g_new) < gnorm))
-                return dict(t=t, j=c["j"] + 1, ok=ok & jnp.isfinite(v_new))
+                return dict(t=t, j=c["j"] + 1, ok=acceptable(t, v_new, g_new), f=v_new)
 
-            c = jax.lax.while_loop(ls_cond, ls_body, dict(t=jnp.asarray(1.0, x.dtype), j=0, ok=False))
-            stats = NewtonStats(hvps=stats.hvps + iters, evals=stats.evals + jnp.asarray(c["j"], jnp.int32),
-                                steps=stats.steps + 1, cg_max=jnp.maximum(stats.cg_max, iters), gnorm=gnorm, eta=eta)
-            return jnp.where(c["ok"], x + c["t"] * p, x), stats
+            c = jax.lax.while_loop(ls_cond, ls_body, dict(t=one, j=0, ok=False, f=v))
+            t, evals = c["t"], c["j"]
+            if memory:
+                # the remembered length was accepted at once: double while f keeps falling (Armijo holding), up to
+                # t = 1, so that the memory follows a growing scale too
+                def grow_cond(e):
+                    return e["go"] & (e["j"] < 40)
+
+                def grow_body(e):
+                    t2 = jnp.minimum(2 * e["t"], 1.0)
+                    v2, _ = vg(x + t2 * p)
+                    better = jnp.isfinite(v2) & (v2 < e["f"]) & (v2 <= v + 1e-4 * t2 * slope)
+                    return dict(t=jnp.where(better, t2, e["t"]), f=jnp.where(better, v2, e["f"]),
+                                go=better & (t2 < 1), j=e["j"] + 1)
+
+                e = jax.lax.while_loop(grow_cond, grow_body,
+                                       dict(t=t, f=c["f"], go=c["ok"] & (evals == 1) & (t0 < 1), j=0))
+                t, evals = e["t"], evals + e["j"]
+            stats = NewtonStats(hvps=stats.hvps + iters, evals=stats.evals + jnp.asarray(evals, jnp.int32),
+                                steps=stats.steps + 1, cg_max=jnp.maximum(stats.cg_max, iters), gnorm=gnorm, eta=eta,
+                                nc_length=jnp.where(negative & c["ok"], t * pnorm, stats.nc_length))
+            return jnp.where(c["ok"], x + t * p, x), stats
 
         return init, (lambda x, s: vg(x)), update
 
