@@ -1,7 +1,7 @@
 """Newton-CG's line search after a negative-curvature exit, old rule against new in one run (issue 11): the work
 counts ``Solution.work`` (Newton steps, Hessian-vector products, value-and-gradients) of ``NewtonCG(line_search=
-"backtrack")`` (every search halves from t = 1, the rule before) and ``NewtonCG(line_search="nc-memory")`` (the
-default), solved to the default float64 tolerances, problem by problem and seed by seed.
+"backtrack")`` (every search halves from t = 1, the rule before) and ``NewtonCG(line_search="nc-memory")`` (an
+option), solved to the default float64 tolerances, problem by problem and seed by seed.
 
     python benchmarks/bench_newton_ls.py --problem 200,100,10 --seeds 0,1,2,3 [--problem 100,100,100,1e-4 ...]
 

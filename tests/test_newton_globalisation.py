@@ -1,5 +1,5 @@
 """Newton-CG's line search after a negative-curvature exit (issue 11): starting at twice the last accepted such step
-(``line_search="nc-memory"``, the default) instead of halving from t = 1 (``"backtrack"``, the rule before) saves
+(``line_search="nc-memory"``, an option) instead of halving from t = 1 (``"backtrack"``, the default) saves
 value-and-gradient evaluations and reaches the same optimum."""
 
 import pytest

@@ -292,19 +292,20 @@ class NewtonCG:
     ``line_search``: where the backtracking starts after CG ends on negative curvature. There the quadratic model
     has no minimiser along the direction, so the unit step carries no length information: the truncated direction
     was up to 2·10⁶ long at (K, d, n) = (200, 100, 10) and the halving from t = 1 took up to 19 evaluations.
-    ``"nc-memory"`` (default) starts such a search at twice the length of the last accepted negative-curvature step
+    ``"nc-memory"`` starts such a search at twice the length of the last accepted negative-curvature step
     (t₀ = min(1, 2ℓ/‖p‖)), the initial-step-length rule of Nocedal & Wright, *Numerical Optimization* (2nd ed.,
     2006) §3.5, which for directions without a natural scale starts from the previous iteration's step; when t₀ < 1
     is accepted at once the step is doubled while f keeps falling (up to t = 1), so the memory can grow as well as
-    shrink. Steps whose CG ended on positive curvature keep the unit Newton step. ``"backtrack"``: every search
-    halves from t = 1 (the rule before). Counted with ``Solution.work`` over seeds 0–3 at (200, 100, 10), λ = 1e-4:
+    shrink. Steps whose CG ended on positive curvature keep the unit Newton step. ``"backtrack"`` (default): every
+    search halves from t = 1. The memory is not the default: it saves value-and-gradients but not the products, and
+    below the ETF dimension it moved solves to other local minima, higher in 8 of 11 seeds at (30, 10, 3). Counted with ``Solution.work`` over seeds 0–3 at (200, 100, 10), λ = 1e-4:
     1112 → 720 value-and-gradients, 1899 → 1828 Hessian-vector products (benchmarks/bench_newton_ls.py,
     benchmarks/results/scale_cpu.md)."""
 
     cg_max: int = 250
     patience: int = 25
     forcing: str = "ew"
-    line_search: str = "nc-memory"
+    line_search: str = "backtrack"
     name = "newton-cg"
 
     def parts(self, reg, shape):
