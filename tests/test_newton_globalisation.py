@@ -22,6 +22,7 @@ def _work(prob, rule, seed):
     return sol, sol.work
 
 
+@pytest.mark.slow           # six solves of an opt-in rule: the slow tier keeps the default run under 5 min
 def test_memory_saves_evaluations_and_reaches_the_etf_optimum():
     prob = ufm.Problem.create(**ETF)
     f_star = theory_optimum(prob).objective

@@ -181,16 +181,20 @@ def test_no_server_means_the_command_runs_here(tmp_path):
 
 
 # -- a running server ---------------------------------------------------------------------------------------------------
+# each case is two processes that start JAX: three in the default run, the rest in the slow tier (the suite's 5 min)
+_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("argv", [
     ["solve", *SMALL, "--json"],
     ["solve", *SMALL],
-    ["solve", *SMALL, "--loss", "ls", "--lam", "5e-3", "--no-bounds"],
-    ["landscape", *SMALL, "--lam", "5e-3", "--json"],
-    ["landscape", "-K", "3", "-d", "2", "-n", "2", "--lam", "1e-2", "--at", "origin"],
+    pytest.param(["solve", *SMALL, "--loss", "ls", "--lam", "5e-3", "--no-bounds"], marks=_SLOW),
+    pytest.param(["landscape", *SMALL, "--lam", "5e-3", "--json"], marks=_SLOW),
+    pytest.param(["landscape", "-K", "3", "-d", "2", "-n", "2", "--lam", "1e-2", "--at", "origin"], marks=_SLOW),
     ["solve", "-K", "1"],                                       # bad input: one line, exit 2
-    ["solve", *SMALL, "--lam-w", "-1"],
-    ["landscape", *SMALL, "--at", "nowhere"],
-    ["analyze", "missing.npz"],
+    pytest.param(["solve", *SMALL, "--lam-w", "-1"], marks=_SLOW),
+    pytest.param(["landscape", *SMALL, "--at", "nowhere"], marks=_SLOW),
+    pytest.param(["analyze", "missing.npz"], marks=_SLOW),
 ])
 def test_a_served_command_prints_and_exits_as_it_would_here(served, argv, tmp_path):
     local = _ufm(argv, dict(served, UFM_SERVER="0"), cwd=tmp_path)
@@ -210,6 +214,7 @@ def test_files_are_written_in_the_clients_folder(served, tmp_path):
     assert (tmp_path / "out.npz").is_file() and _served(served, argv) >= 1
 
 
+@pytest.mark.slow
 def test_other_settings_mean_another_server(served, tmp_path):
     argv = ["solve", *SMALL, "--no-bounds", "--seed", "7"]
     r = _ufm(argv, dict(served, UFM_MEMORY_LIMIT="64G"), cwd=tmp_path)
@@ -239,6 +244,7 @@ def test_ctrl_c_stops_the_served_command_and_the_server_goes_on(served):
     assert _ufm(["solve", *SMALL, "--no-bounds"], served).returncode == 0
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_client_stops_the_served_command(served):
     with _long_command(served, 12, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as (p, _):
         p.terminate()
@@ -246,6 +252,7 @@ def test_sigterm_to_the_client_stops_the_served_command(served):
     assert p.returncode == 130 and "ufm solve: terminated (SIGTERM)" in err, err
 
 
+@pytest.mark.slow
 def test_a_killed_client_frees_the_server(served):
     with _long_command(served, 13, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as (p, argv):
         p.kill()
@@ -264,6 +271,7 @@ def test_a_second_command_runs_here_while_the_server_is_busy(served):
         p.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_serve_start_status_stop_and_idle_end(tmp_path):
     env = _env(tempfile.mkdtemp(prefix="ufm-rt-"), str(tmp_path / "cache"))
     r = _ufm(["serve", "--background", "--idle-minutes", "0.05"], env)
@@ -320,6 +328,7 @@ def test_idle_minutes_past_a_week_are_refused(value):
     assert r.returncode == 2 and "--idle-minutes" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_a_foreground_server_says_it_listens_in_json(tmp_path):
     env = _env(tempfile.mkdtemp(prefix="ufm-rt-"), str(tmp_path / "cache"))
     p = subprocess.Popen([sys.executable, "-m", "ufm", "serve", "--json"], env=env, stdout=subprocess.PIPE,

@@ -431,8 +431,11 @@ def test_a_full_disk_on_stdout_is_one_line_exit_4():
 
 
 @pytest.mark.parametrize("encoding, argv", [
-    ("ascii", ["solve", *SMALL, "--no-bounds"]), ("ascii", ["solve", *SMALL, "--no-bounds", "--json"]),
-    ("latin-1", ["landscape", *SMALL, "--lam", "5e-3"]), ("ascii", ["landscape", *SMALL, "--lam", "5e-3", "--json"]),
+    # one process each: the JSON case in the default run, the others in the slow tier (the suite's 5 min)
+    pytest.param("ascii", ["solve", *SMALL, "--no-bounds"], marks=pytest.mark.slow),
+    ("ascii", ["solve", *SMALL, "--no-bounds", "--json"]),
+    pytest.param("latin-1", ["landscape", *SMALL, "--lam", "5e-3"], marks=pytest.mark.slow),
+    pytest.param("ascii", ["landscape", *SMALL, "--lam", "5e-3", "--json"], marks=pytest.mark.slow),
 ])
 def test_an_output_encoding_without_greek_gets_escapes_not_a_crash(encoding, argv):
     """ufm prints λ, ‖∇f‖, σ: a stream that cannot encode them (PYTHONIOENCODING, an old terminal) shows \\u escapes,
