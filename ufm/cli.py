@@ -395,19 +395,19 @@ def main(argv=None, *, handle_signals: bool = True) -> int:
         sys.stderr.write(f"{prefix} {exc}\n")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as exc:
-        sys.stderr.write(f"ufm {args.command}: {'terminated (SIGTERM)' if isinstance(exc, signals.Terminated) else 'interrupted'}\n")
+        sys.stderr.write(f"ufm {args.command}: {signals.describe(exc)}\n")
         return 130
     except BrokenPipeError:
         # the reader (`| head`) closed the pipe: stop quietly as Unix tools do, and keep Python's exit-time flush of
         # stdout from raising again
-        _drop_stdout()
+        signals.silence(sys.stdout)
         return EXIT_OK
     except OSError as exc:
         # writing the result failed (stdout on a full disk, a file system gone read-only): not a bug in ufm
         where = exc.filename or "standard output"
         sys.stderr.write(f"{prefix} could not write {where} ({exc.strerror or exc})\n")
         if exc.filename is None:
-            _drop_stdout()                   # what is still buffered would fail again at exit (status 120)
+            signals.silence(sys.stdout)      # what is still buffered would fail again at exit (status 120)
         return 4
     except MemoryError:
         sys.stderr.write(f"{prefix} ran out of memory; use smaller sizes (ufm estimates memory before a solve, but "
@@ -417,8 +417,7 @@ def main(argv=None, *, handle_signals: bool = True) -> int:
         if signals._pending is not None:
             # a Ctrl-C or SIGTERM that landed inside an import (of JAX, early on) surfaces as an ImportError or the
             # like; the handler recorded it, so it is reported as what it was
-            sys.stderr.write(f"ufm {args.command}: "
-                             f"{'terminated (SIGTERM)' if signals._pending is signals.Terminated else 'interrupted'}\n")
+            sys.stderr.write(f"ufm {args.command}: {signals.describe(signals._pending)}\n")
             return 130
         if os.environ.get("UFM_DEBUG"):
             raise
@@ -448,17 +447,6 @@ def _json_escape(exc: UnicodeEncodeError):
 
 _ESCAPE = "ufm-json-escape"
 codecs.register_error(_ESCAPE, _json_escape)
-
-
-def _drop_stdout() -> None:
-    """Point standard output at /dev/null: Python's flush at exit then has nowhere to fail (a served command's
-    stdout is a relay without a file descriptor, and needs nothing)."""
-    import os
-
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 if __name__ == "__main__":

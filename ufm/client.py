@@ -34,7 +34,7 @@ import tempfile
 import time
 from typing import Optional
 
-from . import fingerprint
+from . import fingerprint, signals
 
 #: commands a server runs; the others (sweep: worker processes and a store; plot: matplotlib's global state) run here
 ROUTED = ("solve", "landscape", "analyze")
@@ -189,9 +189,10 @@ def same_user(sock: socket.socket) -> bool:
     return uid == os.getuid()
 
 
-def ask(kind: bytes) -> Optional[dict]:
-    """Send a status or quit frame to this installation's server; its reply, or None when none runs."""
-    path = socket_path()
+def ask(kind: bytes, path: Optional[str] = None) -> Optional[dict]:
+    """Send a status or quit frame to this installation's server (listening at ``path``, :func:`socket_path` when
+    None); its reply, or None when none runs."""
+    path = path or socket_path()
     sock = connect(path) if path else None
     if sock is None:
         return None
@@ -262,13 +263,13 @@ def run(argv: list) -> Optional[int]:
 
 def _relay(sock: socket.socket, pid, command: str) -> Optional[int]:
     """Copy the server's output to ours until its exit status arrives; pass Ctrl-C and SIGTERM on."""
-    cancelled = {"at": None, "what": "interrupted"}
+    cancelled = {"at": None, "what": signals.describe(KeyboardInterrupt)}
 
     def on_signal(signum, frame):
         if cancelled["at"] is None:
             cancelled["at"] = time.monotonic()
         if signum == signal.SIGTERM:             # worded as the command words it (ufm.cli.main)
-            cancelled["what"] = "terminated (SIGTERM)"
+            cancelled["what"] = signals.describe(signals.Terminated)
         try:
             send(sock, SIGNAL, b"TERM" if signum == signal.SIGTERM else b"INT")
         except OSError:
@@ -308,13 +309,13 @@ def _relay(sock: socket.socket, pid, command: str) -> Optional[int]:
                     stream.flush()
                 except BrokenPipeError:
                     # the reader (`| head`) left: stop quietly as the command itself would, and let the server stop
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+                    signals.silence(stream)
                     return 0
                 except OSError as exc:
                     # a full disk or a file system gone read-only: what the command itself does (ufm.cli.main), one
                     # line and exit 4 for stdout, exit 1 for stderr (its message has nowhere to go); leaving stops it
                     # on the server. Python's own flush at exit must not fail again on what is still buffered
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+                    signals.silence(stream)
                     if kind == STDERR:
                         return 1
                     try:

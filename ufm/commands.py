@@ -522,12 +522,12 @@ def cmd_serve(args) -> int:
                 f"log {server.log_path(reply['socket'])}")
 
     if args.status:
-        reply = client.ask(client.STATUS)
+        reply = client.ask(client.STATUS, path)
         if reply is None:
             return say({"running": False, "socket": path}, "ufm serve: no server runs for this installation")
         return say(dict(reply, running=True), f"ufm serve: running ({described(reply)})")
     if args.stop:
-        reply = client.ask(client.QUIT)
+        reply = client.ask(client.QUIT, path)
         if reply is None:
             return say({"running": False, "stopped": False, "socket": path},
                        "ufm serve: no server runs for this installation")
@@ -537,7 +537,7 @@ def cmd_serve(args) -> int:
         return say(dict(reply, running=reply["busy"], stopped=True),
                    f"ufm serve: the server (pid {reply['pid']}) "
                    + ("stops after the command it is running" if reply["busy"] else "stopped"))
-    reply = client.ask(client.STATUS)
+    reply = client.ask(client.STATUS, path)
     if reply is not None:
         return say(dict(reply, running=True, started_now=False), f"ufm serve: already running ({described(reply)})")
     if args.background:

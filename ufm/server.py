@@ -81,7 +81,7 @@ class _Session:
         if self.gone:
             return
         done = threading.Event()
-        self._frames.put((kind, bytes(payload), done))
+        self._frames.put((kind, payload, done))
         done.wait()
 
     def _send_frames(self) -> None:
@@ -113,7 +113,6 @@ class Server:
         self.busy = False
         self.stopping = False
         self.current: Optional[_Session] = None   # the session whose command runs in the main thread
-        self.cancel: Optional[str] = None    # what the client asked: "INT" or "TERM"
         self.served = 0
         self.started = time.time()
         self.last_active = time.monotonic()
@@ -192,12 +191,13 @@ class Server:
     def _on_signal(self, signum, frame):
         from . import signals
 
-        active = self.current is not None
+        session = self.current
+        active = session is not None
         if signum == signal.SIGUSR1:
             # a client's Ctrl-C or SIGTERM, passed on by its connection's thread
-            if not active or self.cancel is None:
+            if not active or session.cancel is None:
                 return
-            exc = signals.Terminated if self.cancel == "TERM" else KeyboardInterrupt
+            exc = signals.Terminated if session.cancel == "TERM" else KeyboardInterrupt
         else:
             self.stopping = True
             exc = signals.Terminated if signum == signal.SIGTERM else KeyboardInterrupt
@@ -214,7 +214,6 @@ class Server:
             # only into this client's own command: a late word from a finished one must not stop the next
             if self.current is not session:
                 return
-            self.cancel = what
         signal.pthread_kill(self._main, signal.SIGUSR1)
 
     # -- connections --------------------------------------------------------------------------------------------------
@@ -343,8 +342,10 @@ class Server:
             try:
                 signals._pending = None
                 with self.state:
-                    early = session.cancel or ("TERM" if session.gone else None)
-                    self.cancel, self.current = early, session
+                    if session.gone and session.cancel is None:
+                        session.cancel = "TERM"
+                    early = session.cancel
+                    self.current = session
                 try:
                     if early is not None:            # asked for before the command started (_forward)
                         raise signals.Terminated() if early == "TERM" else KeyboardInterrupt()
@@ -353,8 +354,7 @@ class Server:
                     with self.state:
                         self.current = None
             except KeyboardInterrupt as exc:         # arrived before or after the command's own handling
-                sys.stderr.write(f"ufm {command}: "
-                                 f"{'terminated (SIGTERM)' if isinstance(exc, signals.Terminated) else 'interrupted'}\n")
+                sys.stderr.write(f"ufm {command}: {signals.describe(exc)}\n")
                 return 130
             except SystemExit as exc:                # argparse: --help, bad flags
                 code = exc.code
@@ -450,11 +450,11 @@ def start_background(path: str, idle_minutes: float, wait_seconds: float = 120.0
                                  start_new_session=True)
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
-        reply = client.ask(client.STATUS)
+        reply = client.ask(client.STATUS, path)
         if reply is not None:
             return reply
         if child.poll() is not None:
-            reply = client.ask(client.STATUS)        # it lost the race to a server started at the same time
+            reply = client.ask(client.STATUS, path)        # it lost the race to a server started at the same time
             if reply is not None:
                 return reply
             break

@@ -31,6 +31,26 @@ def on_sigint(signum, frame):
     raise KeyboardInterrupt()
 
 
+def describe(kind) -> str:
+    """How the ``ufm`` command words a stop by ``kind`` (an interrupt class or instance): its one line on stderr."""
+    if not isinstance(kind, type):
+        kind = type(kind)
+    return "terminated (SIGTERM)" if issubclass(kind, Terminated) else "interrupted"
+
+
+def silence(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null, so that Python's flush at exit has nowhere to fail after a
+    broken pipe or a full disk (a stream without a descriptor, a served command's relay, needs nothing)."""
+    import os
+
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, stream.fileno())
+        os.close(fd)
+    except (OSError, ValueError):
+        pass
+
+
 def check() -> None:
     """Raise the interrupt a handler recorded, in case its own raise was swallowed (module docstring)."""
     if _pending is not None:
